@@ -1,0 +1,119 @@
+"""Feature rows: one documented, versioned schema from an item's closed window.
+
+The same function feeds the worker's scorer, ``launchpulse train`` and the
+backtest, so training and serving see identical features.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping
+
+from .associations import bundle_candidates
+from .decisions import Evidence
+from .itemstate import COUNTERS, ClosedWindow
+from .windows import WindowConfig
+
+FEATURE_SCHEMA_VERSION = 1
+HISTORY = 3  # previous closed windows summarised in the row
+
+# name -> meaning; order is the column order of the scorer's input
+FEATURES: dict[str, str] = {
+    "log_views": "log1p(views in the closed window)",
+    "log_carts": "log1p(add-to-carts in the closed window)",
+    "log_units": "log1p(units ordered in the closed window)",
+    "log_orders": "log1p(orders holding the item in the closed window)",
+    "log_units_prev1": "log1p(units one window earlier), 0 when absent",
+    "log_units_prev2": "log1p(units two windows earlier), 0 when absent",
+    "log_units_prev3": "log1p(units three windows earlier), 0 when absent",
+    "history_windows": "closed windows of history available (0..3) / 3",
+    "interest_growth": "log((views+carts+1) / (mean previous views+carts + 1))",
+    "log_trend_forecast": "log1p(trend forecast of the next window's units), 0 when none",
+    "has_trend_forecast": "1 when the trend model gave a forecast",
+    "trend_slope": "trend slope in units per window, signed log1p",
+    "burst": "1 when the trend's level-shift detector fires",
+    "log_age_windows": "log1p(windows since launch or first sight)",
+    "in_catalog": "1 when the item has a catalog record",
+    "log_price": "log1p(unit price), 0 when unknown",
+    "log_stock_remaining": "log1p(stock remaining), 0 when unknown",
+    "has_stock": "1 when stock is known",
+    "log_total_orders": "log1p(all-time orders holding the item)",
+}
+FEATURE_NAMES = tuple(FEATURES)
+
+
+def _l(x) -> float:
+    return math.log1p(max(0.0, float(x))) if x is not None else 0.0
+
+
+def _slog(x) -> float:
+    if x is None:
+        return 0.0
+    return math.copysign(math.log1p(abs(x)), x)
+
+
+def age_windows(cw: ClosedWindow, cfg: WindowConfig) -> int | None:
+    st = cw.state
+    origin = st.launched_at if st.launched_at is not None else st.first_seen
+    if origin is None:
+        return None
+    return max(0, (cw.start_ms - cfg.start_of(origin)) // cfg.size_ms)
+
+
+def stock_remaining(cw: ClosedWindow) -> float | None:
+    st = cw.state
+    if st.stock is None:
+        return None
+    return max(0.0, st.stock - st.units_since_stock)
+
+
+def feature_row(cw: ClosedWindow, cfg: WindowConfig) -> list[float]:
+    c = cw.counts
+    hist = cw.history[-HISTORY:]
+    prev_units = [h[COUNTERS.index("units")] for h in reversed(hist)] + [None] * HISTORY
+    interest = c["views"] + c["carts"]
+    prev_interest = [h[0] + h[1] for h in hist]
+    mean_prev = sum(prev_interest) / len(prev_interest) if prev_interest else 0.0
+    st = cw.state
+    fc = st.trend.forecast(1)
+    slope = st.trend.slope()
+    rem = stock_remaining(cw)
+    age = age_windows(cw, cfg)
+    return [
+        _l(c["views"]), _l(c["carts"]), _l(c["units"]), _l(c["orders"]),
+        _l(prev_units[0]), _l(prev_units[1]), _l(prev_units[2]),
+        len(hist) / HISTORY,
+        math.log((interest + 1) / (mean_prev + 1)),
+        _l(fc[0]) if fc else 0.0, 1.0 if fc else 0.0,
+        _slog(slope), 1.0 if st.trend.burst() else 0.0,
+        _l(age), 1.0 if st.status is not None else 0.0,
+        _l(st.price), _l(rem), 1.0 if rem is not None else 0.0,
+        _l(st.totals[COUNTERS.index("orders")]),
+    ]
+
+
+def evidence(cw: ClosedWindow, cfg: WindowConfig, predicted_demand: list | None,
+             item_orders: Mapping[str, int] | Callable | None = None, n_orders_total: int = 0) -> Evidence:
+    """The decisions' view of one closed window; ``predicted_demand`` comes from the scorer."""
+    c = cw.counts
+    hist = cw.history[-HISTORY:]
+    prev_interest = [h[0] + h[1] for h in hist]
+    prev_conv = None
+    if hist:
+        pi = sum(prev_interest)
+        pu = sum(h[COUNTERS.index("units")] for h in hist)
+        prev_conv = pu / pi if pi > 0 else None
+    bundles: tuple = ()
+    st = cw.state
+    if item_orders is not None and n_orders_total > 0 and st.assoc.n_item > 0:
+        rows = bundle_candidates(st.assoc, item_orders, n_orders_total, limit=10)
+        # One signal per pair: the smaller item id speaks for both.
+        bundles = tuple((r["item_id"], r["co_count"], r["lift"], r["confidence"], r["support"])
+                        for r in rows if cw.item_id < r["item_id"])
+    return Evidence(
+        item_id=cw.item_id, category_id=st.category_id, window_start=cw.start_ms, window_end=cw.end_ms,
+        window_ms=cfg.size_ms, views=c["views"], carts=c["carts"], units=c["units"], orders=c["orders"],
+        prev_interest_mean=(sum(prev_interest) / len(prev_interest)) if prev_interest else None,
+        prev_conversion=prev_conv, age_windows=age_windows(cw, cfg), in_catalog=st.status is not None,
+        stock_remaining=stock_remaining(cw), predicted_demand=predicted_demand,
+        demand_slope=st.trend.slope(), burst=st.trend.burst(), bundles=bundles,
+    )

@@ -1,0 +1,200 @@
+"""Per-item state: deduplicated event-time window counts, all-time totals, associations, trends.
+
+One :class:`ItemState` per item lives in a Faust table keyed by ``item_id`` in the
+partition that owns the item. Everything here is pure: the worker, ``launchpulse
+train`` and the backtest replay records through the same code.
+
+Routed records (what the worker's ingest stage sends to the owner of an item) are
+plain dicts with short keys, see :data:`RECORD_FIELDS`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .associations import ItemAssociations
+from .trends import TrendModel
+from .windows import WindowConfig
+
+STATE_VERSION = 1
+
+RECORD_FIELDS = {
+    "k": "kind: 'c' clickstream, 'o' order line, 'g' catalog",
+    "id": "deduplication id (event_id, order_id, or item_id@ts for catalog)",
+    "t": "event time, epoch ms",
+    "i": "item_id (None for a search event)",
+    "c": "category_id or None",
+    "e": "clickstream event_type",
+    "p": "unit price or None",
+    "q": "quantity (order line)",
+    "b": "the other distinct items of the order (order line)",
+    "n": "1 on the record that counts the input event in metrics (one per event)",
+    "st": "catalog status", "sk": "catalog stock", "la": "catalog launched_at ms",
+}
+
+# Counters per window, in this order.
+COUNTERS = ("views", "carts", "removes", "wishlists", "units", "revenue", "orders")
+_IDX = {name: i for i, name in enumerate(COUNTERS)}
+_CLICK_COUNTER = {"view": 0, "add_to_cart": 1, "remove_from_cart": 2, "wishlist": 3}
+
+ACCEPTED, DUPLICATE, LATE = "accepted", "duplicate", "late"
+
+
+@dataclass(slots=True)
+class ClosedWindow:
+    """One window that has just closed for an item: the row the scorer and decisions see."""
+
+    item_id: str
+    start_ms: int
+    end_ms: int
+    counts: dict
+    history: list  # earlier closed windows' counts, oldest first
+    state: "ItemState"
+
+
+@dataclass(slots=True)
+class ItemState:
+    item_id: str
+    category_id: str | None = None
+    price: float | None = None
+    stock: int | None = None  # units on hand per the latest catalog record
+    stock_ts: int | None = None
+    units_since_stock: int = 0  # units ordered after the latest stock figure
+    status: str | None = None  # catalog status; None: seen in events but not in the catalog
+    launched_at: int | None = None
+    first_seen: int | None = None
+    seen: dict = field(default_factory=dict)  # dedupe id -> ts, kept for the grace horizon
+    windows: dict = field(default_factory=dict)  # window start ms -> list of COUNTERS
+    closed_through: int | None = None  # start of the last closed window
+    totals: list = field(default_factory=lambda: [0.0] * len(COUNTERS))
+    assoc: ItemAssociations = field(default_factory=ItemAssociations)
+    trend: TrendModel = field(default_factory=TrendModel)
+    signal_memory: dict = field(default_factory=dict)  # signal type -> last window start it fired
+
+    # -- updates -------------------------------------------------------------------------
+    def apply(self, rec: dict, cfg: WindowConfig) -> str:
+        """Apply one routed record; returns ACCEPTED, DUPLICATE or LATE. Idempotent per id.
+
+        LATE: the record's window has already closed for this item; it is refused, never
+        merged (the ingest stage refuses most late events earlier, against its watermark).
+        """
+        ts = rec["t"]
+        start = cfg.start_of(ts)
+        if self.closed_through is not None and start <= self.closed_through:
+            return LATE
+        rid = rec["id"]
+        if rid in self.seen:
+            return DUPLICATE
+        self.seen[rid] = ts
+        if self.first_seen is None or ts < self.first_seen:
+            self.first_seen = ts
+        kind = rec["k"]
+        if kind == "g":
+            self._apply_catalog(rec)
+            return ACCEPTED
+        row = self.windows.get(start)
+        if row is None:
+            row = self.windows[start] = [0.0] * len(COUNTERS)
+        if rec.get("c") and self.category_id is None:
+            self.category_id = rec["c"]
+        if rec.get("p") is not None:
+            self.price = rec["p"]
+        if kind == "c":
+            j = _CLICK_COUNTER.get(rec["e"])
+            if j is not None:
+                row[j] += 1
+                self.totals[j] += 1
+        elif kind == "o":
+            q = rec["q"]
+            rev = q * (rec.get("p") or 0.0)
+            row[4] += q
+            row[5] += rev
+            row[6] += 1
+            self.totals[4] += q
+            self.totals[5] += rev
+            self.totals[6] += 1
+            if self.stock_ts is not None and ts >= self.stock_ts:
+                self.units_since_stock += q
+            self.assoc.learn_basket(rec.get("b") or [], ts)
+        return ACCEPTED
+
+    def _apply_catalog(self, rec: dict) -> None:
+        self.status = rec.get("st")
+        if rec.get("c"):
+            self.category_id = rec["c"]
+        if rec.get("p") is not None:
+            self.price = rec["p"]
+        if rec.get("la") is not None:
+            self.launched_at = rec["la"]
+        if rec.get("sk") is not None and (self.stock_ts is None or rec["t"] >= self.stock_ts):
+            self.stock = rec["sk"]
+            self.stock_ts = rec["t"]
+            self.units_since_stock = 0
+
+    def close_windows(self, cfg: WindowConfig, watermark_ms: int) -> list[ClosedWindow]:
+        """Close every window the watermark has passed, oldest first, feeding the trend model.
+
+        Windows between the item's first event and now with no events are real zeros
+        and are closed too; windows before the item existed are not.
+        """
+        if self.first_seen is None:
+            return []
+        first = cfg.start_of(self.first_seen)
+        start = first if self.closed_through is None else self.closed_through + cfg.size_ms
+        out: list[ClosedWindow] = []
+        last = cfg.start_of(watermark_ms - cfg.grace_ms) - cfg.size_ms  # the newest closable window
+        while cfg.closable(start, watermark_ms):
+            counts = self.windows.get(start)
+            if counts is None:
+                counts = self.windows[start] = [0.0] * len(COUNTERS)
+            self.trend.learn_one(counts[4])
+            history = [self.windows[s] for s in sorted(self.windows) if s < start]
+            self.closed_through = start
+            if last - start >= cfg.keep_closed * cfg.size_ms:
+                # Catching up a long idle gap: the zeros teach the trend, only recent windows are scored.
+                start += cfg.size_ms
+                continue
+            out.append(ClosedWindow(self.item_id, start, start + cfg.size_ms,
+                                    dict(zip(COUNTERS, counts)), [list(h) for h in history], self))
+            start += cfg.size_ms
+        if out:
+            self._prune(cfg, watermark_ms)
+        return out
+
+    def _prune(self, cfg: WindowConfig, watermark_ms: int) -> None:
+        keep_from = self.closed_through - (cfg.keep_closed - 1) * cfg.size_ms
+        for s in [s for s in self.windows if s < keep_from]:
+            del self.windows[s]
+        # An id whose window has closed cannot come back without being refused as late.
+        horizon = self.closed_through + cfg.size_ms
+        if self.seen:
+            self.seen = {k: t for k, t in self.seen.items() if t >= horizon}
+
+    # -- views ---------------------------------------------------------------------------
+    def recent_windows(self, cfg: WindowConfig) -> list[dict]:
+        return [{"start_ms": s, "end_ms": s + cfg.size_ms, "closed": self.closed_through is not None and s <= self.closed_through,
+                 **dict(zip(COUNTERS, c))} for s, c in sorted(self.windows.items())]
+
+    # -- state ---------------------------------------------------------------------------
+    def to_state(self) -> dict:
+        return {
+            "version": STATE_VERSION, "item_id": self.item_id, "category_id": self.category_id,
+            "price": self.price, "stock": self.stock, "stock_ts": self.stock_ts,
+            "units_since_stock": self.units_since_stock, "status": self.status,
+            "launched_at": self.launched_at, "first_seen": self.first_seen, "seen": self.seen,
+            "windows": {str(k): v for k, v in self.windows.items()}, "closed_through": self.closed_through,
+            "totals": self.totals, "assoc": self.assoc.to_state(), "trend": self.trend.to_state(),
+            "signal_memory": self.signal_memory,
+        }
+
+    @classmethod
+    def from_state(cls, d: dict) -> "ItemState":
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(f"item state version {d.get('version')!r} is not {STATE_VERSION}")
+        return cls(
+            item_id=d["item_id"], category_id=d["category_id"], price=d["price"], stock=d["stock"],
+            stock_ts=d["stock_ts"], units_since_stock=d["units_since_stock"], status=d["status"],
+            launched_at=d["launched_at"], first_seen=d["first_seen"], seen=dict(d["seen"]),
+            windows={int(k): v for k, v in d["windows"].items()}, closed_through=d["closed_through"],
+            totals=list(d["totals"]), assoc=ItemAssociations.from_state(d["assoc"]),
+            trend=TrendModel.from_state(d["trend"]), signal_memory=dict(d["signal_memory"]),
+        )

@@ -1,0 +1,65 @@
+"""Typed records the code uses, one per JSON Schema file in this folder.
+
+The JSON Schema files are the truth consumers read; ``tests/test_schemas.py``
+checks that :mod:`launchpulse.schemas.validate` accepts exactly what the files
+accept (plus the range checks JSON Schema cannot express).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CLICK_TYPES = ("view", "search", "add_to_cart", "remove_from_cart", "wishlist", "review")
+CATALOG_STATUSES = ("planned", "live", "retired")
+SIGNAL_TYPES = (
+    "boost_exposure",
+    "restock_risk",
+    "overstock_risk",
+    "accelerate_cadence",
+    "slow_cadence",
+    "homogeneity_warning",
+    "bundle_opportunity",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClickEvent:
+    event_id: str
+    ts_ms: int
+    user_key: str  # keyed pseudonym of user_id; the raw id never leaves the parser
+    session_key: str  # keyed pseudonym of session_id
+    event_type: str
+    item_id: str | None
+    category_id: str | None
+    price: float | None
+    rating: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    item_id: str
+    quantity: int
+    price: float
+    category_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEvent:
+    order_id: str
+    ts_ms: int
+    user_key: str
+    lines: tuple[OrderLine, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEvent:
+    item_id: str
+    ts_ms: int
+    title: str
+    category_id: str
+    price: float
+    status: str
+    launched_at_ms: int | None
+    stock: int | None
+
+
+Event = ClickEvent | OrderEvent | CatalogEvent

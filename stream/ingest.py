@@ -1,0 +1,147 @@
+"""Ingest stage: input topics -> validated, pseudonymised, routed records packed per owner partition.
+
+It runs inside the worker on a plain aiokafka consumer group of its own, because
+Faust's per-message path costs about 160 us a message (see docs/design.md); the
+stateful stage behind it is a Faust agent over packed envelopes.
+
+At-least-once: a batch's envelopes and dead-letter records are acknowledged by
+the broker before the batch's input offsets are committed. A crash in between
+replays the batch; the owners' deduplication makes that harmless.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from launchpulse.models.routing import partition_for, route_event
+from launchpulse.models.windows import WindowConfig
+from launchpulse.schemas.validate import Pseudonymiser, Rejection, dead_letter_record, parse_message
+
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger("launchpulse.ingest")
+
+
+class Ingest:
+    def __init__(self, settings: Settings, metrics: Metrics, cfg: WindowConfig):
+        self.s = settings
+        self.m = metrics
+        self.cfg = cfg
+        self.pseudonymise = Pseudonymiser(settings.pseudonym_key)
+        self.watermark = 0  # max event time seen by this ingest consumer
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.healthy_reason = "starting"
+        self.last_batch_monotonic = 0.0
+        self.consumed = 0
+        self._positions: dict[TopicPartition, int] = {}  # committed offsets, for the lag gauge
+
+    async def start(self) -> None:
+        s = self.s
+        self.producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all", linger_ms=5,
+                                         enable_idempotence=False, max_request_size=8 * 1024 * 1024,
+                                         request_timeout_ms=30000, **s.kafka_security())
+        self.consumer = AIOKafkaConsumer(*s.input_topics, bootstrap_servers=s.bootstrap_servers,
+                                         group_id=f"{s.app_id}-ingest", enable_auto_commit=False,
+                                         auto_offset_reset="earliest", session_timeout_ms=int(s.session_timeout_s * 1000),
+                                         heartbeat_interval_ms=1000, rebalance_timeout_ms=int(s.rebalance_timeout_s * 1000),
+                                         max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024,
+                                         **s.kafka_security())
+        await self.producer.start()
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        for c in (self.consumer, self.producer):
+            if c is not None:
+                try:
+                    await c.stop()
+                except Exception:  # stopping a client that lost its broker
+                    log.warning("ingest client stop failed", exc_info=True)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                batches = await self.consumer.getmany(timeout_ms=200, max_records=self.s.ingest_max_records)
+            except Exception as e:
+                self.healthy_reason = f"ingest consumer error: {type(e).__name__}: {e}"
+                self.m.broker_errors.labels("ingest").inc()
+                log.warning("ingest fetch failed; retrying", extra={"error": str(e)})
+                await asyncio.sleep(1.0)
+                continue
+            if batches:
+                await self.process(batches)
+            self.healthy_reason = ""
+            self.last_batch_monotonic = time.monotonic()
+            self.update_lag()
+
+    def update_lag(self) -> None:
+        c = self.consumer
+        for tp in c.assignment():
+            hw = c.highwater(tp)
+            at = self._positions.get(tp)
+            if hw is not None:
+                self.m.lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - (at if at is not None else 0)))
+
+    async def process(self, batches: dict) -> None:
+        t0 = time.perf_counter()
+        s, m, cfg = self.s, self.m, self.cfg
+        n_parts = s.state_partitions
+        routed: dict[int, list] = defaultdict(list)
+        dead: list[dict] = []
+        offsets: dict[TopicPartition, int] = {}
+        now_ms = int(time.time() * 1000)
+        for tp, msgs in batches.items():
+            topic = tp.topic
+            kind = s.input_topics[topic]
+            m.messages.labels(topic).inc(len(msgs))
+            accepted_to_route = 0
+            for msg in msgs:
+                parsed = parse_message(msg.value, kind, self.pseudonymise)
+                for rej in parsed.rejections:
+                    dead.append(dead_letter_record(topic, tp.partition, msg.offset, rej, msg.value, now_ms))
+                for ev in parsed.events:
+                    if cfg.is_late(ev.ts_ms, self.watermark):
+                        dead.append(dead_letter_record(topic, tp.partition, msg.offset, Rejection(
+                            None, "late_event", f"event time is {(self.watermark - ev.ts_ms) / 1000:.0f} s behind the "
+                            f"watermark, more than the {cfg.grace_ms / 1000:.0f} s grace period", orjson.dumps(_public(ev))),
+                            None, now_ms))
+                        m.late_events.labels(topic).inc()
+                        continue
+                    if ev.ts_ms > self.watermark:
+                        self.watermark = ev.ts_ms
+                    src = [topic, tp.partition, msg.offset]
+                    for key, rec in route_event(ev):
+                        rec["o"] = src
+                        routed[partition_for(key, n_parts)].append(rec)
+                    accepted_to_route += 1
+            offsets[tp] = msgs[-1].offset + 1
+        futures = []
+        prod = self.producer
+        for part, recs in routed.items():
+            step = s.envelope_max_records
+            for i in range(0, len(recs), step):
+                futures.append(await prod.send(s.routed_topic, orjson.dumps(recs[i:i + step]), partition=part))
+        for rec in dead:
+            m.dead_letters.labels(rec["code"]).inc()
+            m.events.labels(rec["topic"], "rejected").inc()
+            futures.append(await prod.send(s.topic_dead_letter, orjson.dumps(rec)))
+        if futures:
+            await asyncio.gather(*futures)
+        await self.consumer.commit(offsets)
+        self._positions.update(offsets)
+        self.consumed += sum(len(v) for v in batches.values())
+        m.stage.labels("ingest").observe(time.perf_counter() - t0)
+
+
+def _public(ev) -> dict:
+    """A refused event for the dead-letter record: pseudonyms only, never the raw user id."""
+    d = {f: getattr(ev, f) for f in ev.__slots__}
+    if "lines" in d:
+        d["lines"] = [{f: getattr(l, f) for f in l.__slots__} for l in d["lines"]]
+    return d

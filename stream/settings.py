@@ -1,0 +1,132 @@
+"""One frozen settings object, read once from the environment and the command line."""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_BROKER = "kafka://127.0.0.1:9092"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"launchpulse: {name}={raw!r} is not an integer") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: str = DEFAULT_BROKER
+    app_id: str = "launchpulse"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    data_dir: Path = Path("./launchpulse-data")
+    # topics
+    topic_clickstream: str = "clickstream"
+    topic_orders: str = "orders"
+    topic_catalog: str = "catalog"
+    topic_signals: str = "launch-signals"
+    topic_dead_letter: str = "dead-letter"
+    input_partitions: int = 4
+    state_partitions: int = 8  # partitions of the internal routed topic and of every table
+    replication_factor: int = 1
+    # windows (event time)
+    window_ms: int = 3_600_000
+    grace_ms: int = 600_000
+    # scoring
+    score_interval_ms: int = 250
+    score_max_rows: int = 4096
+    model_path: str | None = None  # None: the bundled model
+    # ingest
+    ingest_max_records: int = 5000
+    envelope_max_records: int = 2000
+    # Kafka security (passed to aiokafka and Faust)
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    # privacy
+    pseudonym_key: bytes = field(default=b"", repr=False)
+    # faust timing: Tansu holds a new group ~30 s with Faust's defaults
+    rebalance_timeout_s: float = 4.0
+    session_timeout_s: float = 10.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        key = os.environ.get("LAUNCHPULSE_PSEUDONYM_KEY", "")
+        s = cls(
+            broker=_env("LAUNCHPULSE_BROKER", DEFAULT_BROKER),
+            app_id=_env("LAUNCHPULSE_APP_ID", "launchpulse"),
+            web_host=_env("LAUNCHPULSE_WEB_HOST", "127.0.0.1"),
+            web_port=_env_int("LAUNCHPULSE_WEB_PORT", 6066),
+            data_dir=Path(_env("LAUNCHPULSE_DATA_DIR", "./launchpulse-data")),
+            input_partitions=_env_int("LAUNCHPULSE_INPUT_PARTITIONS", 4),
+            state_partitions=_env_int("LAUNCHPULSE_STATE_PARTITIONS", 8),
+            window_ms=_env_int("LAUNCHPULSE_WINDOW_SECONDS", 3600) * 1000,
+            grace_ms=_env_int("LAUNCHPULSE_GRACE_SECONDS", 600) * 1000,
+            score_interval_ms=_env_int("LAUNCHPULSE_SCORE_INTERVAL_MS", 250),
+            score_max_rows=_env_int("LAUNCHPULSE_SCORE_MAX_ROWS", 4096),
+            model_path=os.environ.get("LAUNCHPULSE_MODEL") or None,
+            security_protocol=_env("LAUNCHPULSE_SECURITY_PROTOCOL", "PLAINTEXT"),
+            sasl_mechanism=os.environ.get("LAUNCHPULSE_SASL_MECHANISM") or None,
+            sasl_username=os.environ.get("LAUNCHPULSE_SASL_USERNAME") or None,
+            sasl_password=os.environ.get("LAUNCHPULSE_SASL_PASSWORD") or None,
+            ssl_cafile=os.environ.get("LAUNCHPULSE_SSL_CAFILE") or None,
+            pseudonym_key=key.encode() if key else b"",
+            log_level=_env("LAUNCHPULSE_LOG_LEVEL", "INFO").upper(),
+        )
+        s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
+        return s.validated()
+
+    def validated(self) -> "Settings":
+        if not self.broker.startswith(("kafka://", "aiokafka://")):
+            raise SystemExit(f"launchpulse: broker URL {self.broker!r} must start with kafka://")
+        if self.window_ms <= 0 or self.grace_ms < 0:
+            raise SystemExit("launchpulse: window must be > 0 s and grace >= 0 s")
+        if not (0 < self.web_port < 65536):
+            raise SystemExit(f"launchpulse: web port {self.web_port} is out of range")
+        if not self.pseudonym_key:
+            # A per-process random key still pseudonymises; state written under it
+            # cannot be linked across restarts, so production sets the variable.
+            object.__setattr__(self, "pseudonym_key", secrets.token_bytes(32))
+            object.__setattr__(self, "_ephemeral_key", True)
+        return self
+
+    @property
+    def ephemeral_key(self) -> bool:
+        return getattr(self, "_ephemeral_key", False)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(u.split("://", 1)[1] for u in self.broker.split(";"))
+
+    @property
+    def routed_topic(self) -> str:
+        return f"{self.app_id}-routed"
+
+    @property
+    def input_topics(self) -> dict:
+        return {self.topic_clickstream: "clickstream", self.topic_orders: "order", self.topic_catalog: "catalog"}
+
+    def kafka_security(self) -> dict:
+        """aiokafka keyword arguments for the configured security protocol."""
+        kw: dict = {"security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            import ssl
+
+            kw["ssl_context"] = ssl.create_default_context(cafile=self.ssl_cafile)
+        if self.security_protocol.startswith("SASL"):
+            kw.update(sasl_mechanism=self.sasl_mechanism or "PLAIN", sasl_plain_username=self.sasl_username,
+                      sasl_plain_password=self.sasl_password)
+        return kw

@@ -1,0 +1,54 @@
+"""Imports follow the data: schemas -> models -> stream. models/ is pure."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PURE_FORBIDDEN = {"faust", "aiokafka", "asyncio", "mode", "launchpulse.stream", "prometheus_client", "aiohttp",
+                  "subprocess", "socket"}
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text("utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import stays inside the package
+                yield f".{node.module or ''}", node.lineno
+            else:
+                yield node.module, node.lineno
+
+
+def _env_reads(path: Path):
+    src = path.read_text("utf-8")
+    return [w for w in ("os.environ", "getenv", "os.getenv") if w in src]
+
+
+def test_models_are_pure():
+    for f in sorted((ROOT / "models").glob("*.py")):
+        for mod, line in _imports(f):
+            top = mod.split(".")[0] if not mod.startswith(".") else mod
+            assert top not in PURE_FORBIDDEN and not any(mod == b or mod.startswith(b + ".") for b in PURE_FORBIDDEN), \
+                f"{f.name}:{line} imports {mod}; models/ must not do I/O"
+        assert not _env_reads(f), f"{f.name} reads the environment"
+
+
+def test_schemas_know_only_the_data():
+    for f in sorted((ROOT / "schemas").glob("*.py")):
+        for mod, line in _imports(f):
+            assert not mod.startswith(("launchpulse.models", "launchpulse.stream", "faust", "aiokafka")), \
+                f"{f.name}:{line} imports {mod}; schemas/ must not depend on later layers"
+        assert not _env_reads(f), f"{f.name} reads the environment"
+
+
+def test_models_do_not_import_stream():
+    for f in sorted((ROOT / "models").glob("*.py")):
+        for mod, line in _imports(f):
+            assert not mod.startswith("launchpulse.stream"), f"{f.name}:{line} imports {mod}"
+
+
+def test_only_settings_reads_the_environment():
+    readers = [f.name for f in sorted((ROOT / "stream").glob("*.py")) if "os.environ.get(\"LAUNCHPULSE" in f.read_text()
+               or "_env(" in f.read_text()]
+    assert set(readers) <= {"settings.py", "cli.py"}, readers
