@@ -136,14 +136,14 @@ class TrendModel:
         m = self.season_length
         self.min_history = int(params.pop("min_history", 2 * m if m else 3))
         self.cusum_k = float(params.pop("cusum_k", 0.75))
-        self.cusum_h = float(params.pop("cusum_h", 5.5))
+        self.cusum_h = float(params.pop("cusum_h", 5.0))
         self.burst_warmup = int(params.pop("burst_warmup", 6))
         self.burst_hold = int(params.pop("burst_hold", 1))
         self.scale_decay = float(params.pop("scale_decay", 0.95))
         self.cusum_clip = float(params.pop("cusum_clip", 5.0))
         self.robust_clip = float(params.pop("robust_clip", 3.0))
         self.min_run = int(params.pop("min_run", 2))
-        self.confirm_z = float(params.pop("confirm_z", 2.0))
+        self.confirm_z = float(params.pop("confirm_z", 1.5))
         self.relevel_on_burst = bool(params.pop("relevel_on_burst", False))
         if params:
             raise TypeError(f"unknown parameters: {sorted(params)}")

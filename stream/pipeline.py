@@ -260,7 +260,8 @@ class Worker:
 
         @app.page("/metrics")
         async def metrics(web, request):
-            return web.bytes(worker.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+            return web.bytes(worker.metrics.render(),
+                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
         @app.page("/healthz")
         async def healthz(web, request):

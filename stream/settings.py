@@ -23,6 +23,13 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"launchpulse: {name}={raw!r} is not an integer") from None
 
 
+def _topics(prefix: str) -> dict:
+    """Topic names, optionally prefixed (several deployments or test runs on one cluster)."""
+    return {"topic_clickstream": prefix + "clickstream", "topic_orders": prefix + "orders",
+            "topic_catalog": prefix + "catalog", "topic_signals": prefix + "launch-signals",
+            "topic_dead_letter": prefix + "dead-letter"}
+
+
 @dataclass(frozen=True)
 class Settings:
     broker: str = DEFAULT_BROKER
@@ -68,6 +75,7 @@ class Settings:
         s = cls(
             broker=_env("LAUNCHPULSE_BROKER", DEFAULT_BROKER),
             app_id=_env("LAUNCHPULSE_APP_ID", "launchpulse"),
+            **_topics(os.environ.get("LAUNCHPULSE_TOPIC_PREFIX", "")),
             web_host=_env("LAUNCHPULSE_WEB_HOST", "127.0.0.1"),
             web_port=_env_int("LAUNCHPULSE_WEB_PORT", 6066),
             data_dir=Path(_env("LAUNCHPULSE_DATA_DIR", "./launchpulse-data")),

