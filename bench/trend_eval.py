@@ -1,6 +1,7 @@
 """Rolling-origin evaluation of launchpulse.models.trends.TrendModel.
 
-    python bench/trend_eval.py                 # full run (< 5 min on 2 cores)
+    python bench/trend_eval.py                 # full run (~3 min on 2 idle cores; AutoARIMA dominates)
+    python bench/trend_eval.py --no-arima      # ~1 min
     python bench/trend_eval.py --quick         # fewer origins / synthetic series
     python bench/trend_eval.py --river         # also River HoltWinters / SNARIMAX
 
@@ -173,7 +174,7 @@ def run_detector(y, m, **params):
         model.learn_one(v)
         if armed_from is None and model._n_resid > model.burst_warmup:
             armed_from = t
-        if model.burst() and model._since_alarm == 0:
+        if model.burst():  # burst_hold=1 (default): True only on the alarm window
             alarms.append(t)
     return alarms, armed_from if armed_from is not None else len(y)
 

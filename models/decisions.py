@@ -22,8 +22,10 @@ class Thresholds:
     boost_growth: float = 1.5  # window interest over the mean of the previous windows
     boost_min_conversion_ratio: float = 0.8  # conversion must hold: >= this x previous conversion
     restock_lead_windows: int = 3  # stock must cover this many windows of predicted demand
+    stock_min_history_windows: int = 7  # no stock judgement on a trend fitted to fewer windows
     overstock_cover_windows: int = 60  # remaining stock covers more than this many windows of demand
     overstock_min_age_windows: int = 7  # only judge overstock once the item has some history
+    overstock_confirm_windows: int = 4  # the condition must hold at this many looks in a row
     bundle_min_co_count: int = 10  # orders holding both items
     bundle_min_lift: float = 3.0
     bundle_max_per_item: int = 3
@@ -52,12 +54,15 @@ class SignalMemory:
     """
 
     last: dict = field(default_factory=dict)  # key -> window start it last fired
-    on: dict = field(default_factory=dict)  # key -> True while its condition held at the last look
+    on: dict = field(default_factory=dict)  # key -> consecutive looks its condition has held
 
-    def allows(self, key: str, kind: str, window_start: int, window_ms: int, th: Thresholds) -> bool:
-        """Call only when the condition holds; marks it on."""
-        was_on = self.on.get(key, False)
-        self.on[key] = True
+    def allows(self, key: str, kind: str, window_start: int, window_ms: int, th: Thresholds, confirm: int = 1) -> bool:
+        """Call only when the condition holds; counts it. ``confirm``: looks in a row needed to fire."""
+        streak = self.on.get(key, 0) + 1
+        self.on[key] = streak
+        if streak < confirm:
+            return False
+        was_on = streak > confirm
         prev = self.last.get(key)
         if prev is not None:
             gap = window_start - prev
@@ -78,13 +83,13 @@ class SignalMemory:
         self.last[key] = window_start
 
     def to_state(self) -> dict:
-        return {"version": 2, "last": self.last, "on": self.on}
+        return {"version": 3, "last": self.last, "on": self.on}
 
     @classmethod
     def from_state(cls, d: dict | None) -> "SignalMemory":
         if not d:
             return cls()
-        if d.get("version") != 2:
+        if d.get("version") != 3:
             raise ValueError("signal memory version mismatch")
         return cls(dict(d["last"]), dict(d["on"]))
 
@@ -111,6 +116,8 @@ class Evidence:
     demand_slope: float | None
     burst: bool
     bundles: tuple = ()  # (partner_id, co_count, lift, confidence, support)
+    own_windows: int = 0  # closed windows of the item's own history, this one included
+    recent_mean_units: float = 0.0  # mean units over the latest closed windows, this one included
 
 
 def _clamp01(x: float) -> float:
@@ -134,11 +141,11 @@ def _sig(ev: Evidence, kind: str, score: float, action: str, reasons: list, evid
     }
 
 
-def _gate(memory: SignalMemory, key: str, kind: str, holds: bool, ev: Evidence, th: Thresholds) -> bool:
+def _gate(memory: SignalMemory, key: str, kind: str, holds: bool, ev: Evidence, th: Thresholds, confirm: int = 1) -> bool:
     if not holds:
         memory.clear(key)
         return False
-    if memory.allows(key, kind, ev.window_start, ev.window_ms, th):
+    if memory.allows(key, kind, ev.window_start, ev.window_ms, th, confirm):
         memory.record(key, ev.window_start)
         return True
     return False
@@ -172,10 +179,12 @@ def decide_item(ev: Evidence, memory: SignalMemory, model_version: str, th: Thre
     # restock_risk / overstock_risk: remaining stock against predicted demand.
     restock = overstock = False
     need = per_window = 0.0
-    if ev.stock_remaining is not None and ev.predicted_demand:
+    if ev.stock_remaining is not None and ev.predicted_demand and ev.own_windows >= th.stock_min_history_windows:
         lead = ev.predicted_demand[: th.restock_lead_windows]
         need = sum(max(0.0, d) for d in lead) * (th.restock_lead_windows / len(lead))
-        per_window = max(sum(max(0.0, d) for d in ev.predicted_demand) / len(ev.predicted_demand), 0.0)
+        # A forecast near zero would make any stock look like infinite cover: recent sales are a floor.
+        per_window = max(sum(max(0.0, d) for d in ev.predicted_demand) / len(ev.predicted_demand),
+                         ev.recent_mean_units)
         restock = need > 0 and ev.stock_remaining < need
         overstock = (not restock and ev.age_windows is not None and ev.age_windows >= th.overstock_min_age_windows
                      and (ev.demand_slope is None or ev.demand_slope <= 0) and ev.stock_remaining > 0
@@ -187,7 +196,7 @@ def decide_item(ev: Evidence, memory: SignalMemory, model_version: str, th: Thre
                          f"stock runs out in about {windows_left:.1f} windows"] + catalog_note,
                         {"stock_remaining": ev.stock_remaining, "predicted_demand": [round(d, 4) for d in ev.predicted_demand],
                          "units_last_window": ev.units, "demand_slope": ev.demand_slope}, model_version))
-    if _gate(memory, "overstock_risk", "overstock_risk", overstock, ev, th):
+    if _gate(memory, "overstock_risk", "overstock_risk", overstock, ev, th, th.overstock_confirm_windows):
         cover = ev.stock_remaining / per_window if per_window > 0 else math.inf
         out.append(_sig(ev, "overstock_risk", 1 - th.overstock_cover_windows / cover if cover != math.inf else 1.0,
                         "Slow replenishment or promote to clear stock",
@@ -203,7 +212,9 @@ def decide_item(ev: Evidence, memory: SignalMemory, model_version: str, th: Thre
         if n >= th.bundle_max_per_item:
             break
         key = f"bundle_opportunity:{partner}"
-        if not _gate(memory, key, "bundle_opportunity", co >= th.bundle_min_co_count and lift >= th.bundle_min_lift, ev, th):
+        # Lift from a few dozen baskets is noisy: discount it by its sampling error (~1/sqrt(co)).
+        holds = co >= th.bundle_min_co_count and lift * (1 - 2 / math.sqrt(co)) >= th.bundle_min_lift
+        if not _gate(memory, key, "bundle_opportunity", holds, ev, th):
             continue
         n += 1
         out.append(_sig(ev, "bundle_opportunity", 1 - 1 / lift, f"Offer {ev.item_id} and {partner} as a bundle",

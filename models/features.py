@@ -15,6 +15,7 @@ from .windows import WindowConfig
 
 FEATURE_SCHEMA_VERSION = 1
 HISTORY = 3  # previous closed windows summarised in the row
+RECENT_DEMAND_WINDOWS = 6  # with the closing window: a week of daily windows as a demand floor
 
 # name -> meaning; order is the column order of the scorer's input
 FEATURES: dict[str, str] = {
@@ -74,8 +75,8 @@ def feature_row(cw: ClosedWindow, cfg: WindowConfig) -> list[float]:
     prev_interest = [h[0] + h[1] for h in hist]
     mean_prev = sum(prev_interest) / len(prev_interest) if prev_interest else 0.0
     st = cw.state
-    fc = st.trend.forecast(1)
-    slope = st.trend.slope()
+    fc = cw.trend_forecast
+    slope = cw.trend_slope
     rem = stock_remaining(cw)
     age = age_windows(cw, cfg)
     return [
@@ -84,7 +85,7 @@ def feature_row(cw: ClosedWindow, cfg: WindowConfig) -> list[float]:
         len(hist) / HISTORY,
         math.log((interest + 1) / (mean_prev + 1)),
         _l(fc[0]) if fc else 0.0, 1.0 if fc else 0.0,
-        _slog(slope), 1.0 if st.trend.burst() else 0.0,
+        _slog(slope), 1.0 if cw.trend_burst else 0.0,
         _l(age), 1.0 if st.status is not None else 0.0,
         _l(st.price), _l(rem), 1.0 if rem is not None else 0.0,
         _l(st.totals[COUNTERS.index("orders")]),
@@ -92,19 +93,26 @@ def feature_row(cw: ClosedWindow, cfg: WindowConfig) -> list[float]:
 
 
 def evidence(cw: ClosedWindow, cfg: WindowConfig, predicted_demand: list | None,
-             item_orders: Mapping[str, int] | Callable | None = None, n_orders_total: int = 0) -> Evidence:
-    """The decisions' view of one closed window; ``predicted_demand`` comes from the scorer."""
+             item_orders: Mapping[str, int] | Callable | None = None, n_orders_total: int = 0,
+             min_co_count: int = 10) -> Evidence:
+    """The decisions' view of one closed window; ``predicted_demand`` comes from the scorer.
+
+    Call it when the window closes: it reads the item's state as it is then.
+    """
     c = cw.counts
     hist = cw.history[-HISTORY:]
     prev_interest = [h[0] + h[1] for h in hist]
+    # Conversion since launch (all closed windows before this one), not just the last few,
+    # which may already hold the surge being judged.
     prev_conv = None
-    if hist:
-        pi = sum(prev_interest)
-        pu = sum(h[COUNTERS.index("units")] for h in hist)
-        prev_conv = pu / pi if pi > 0 else None
+    if cw.totals_before:
+        pi = cw.totals_before["views"] + cw.totals_before["carts"]
+        prev_conv = cw.totals_before["units"] / pi if pi > 0 else None
+    recent = cw.history[-RECENT_DEMAND_WINDOWS:]
+    recent_units = [h[COUNTERS.index("units")] for h in recent] + [c["units"]]
     bundles: tuple = ()
     st = cw.state
-    if item_orders is not None and n_orders_total > 0 and st.assoc.n_item > 0:
+    if item_orders is not None and n_orders_total > 0 and st.assoc.n_item >= min_co_count:
         rows = bundle_candidates(st.assoc, item_orders, n_orders_total, limit=10)
         # One signal per pair: the smaller item id speaks for both.
         bundles = tuple((r["item_id"], r["co_count"], r["lift"], r["confidence"], r["support"])
@@ -115,5 +123,6 @@ def evidence(cw: ClosedWindow, cfg: WindowConfig, predicted_demand: list | None,
         prev_interest_mean=(sum(prev_interest) / len(prev_interest)) if prev_interest else None,
         prev_conversion=prev_conv, age_windows=age_windows(cw, cfg), in_catalog=st.status is not None,
         stock_remaining=stock_remaining(cw), predicted_demand=predicted_demand,
-        demand_slope=st.trend.slope(), burst=st.trend.burst(), bundles=bundles,
+        demand_slope=cw.trend_slope, burst=cw.trend_burst, bundles=bundles,
+        own_windows=cw.n_closed, recent_mean_units=sum(recent_units) / len(recent_units),
     )

@@ -48,7 +48,12 @@ class ClosedWindow:
     end_ms: int
     counts: dict
     history: list  # earlier closed windows' counts, oldest first
-    state: "ItemState"
+    state: "ItemState"  # the live state: read what you need at close time, it moves on
+    trend_forecast: list | None = None  # the trend model's forecast right after this window
+    trend_slope: float | None = None
+    trend_burst: bool = False
+    totals_before: dict | None = None  # the item's counts over all windows closed before this one
+    n_closed: int = 0  # this window's position in the item's own history (1 = first)
 
 
 @dataclass(slots=True)
@@ -66,6 +71,8 @@ class ItemState:
     windows: dict = field(default_factory=dict)  # window start ms -> list of COUNTERS
     closed_through: int | None = None  # start of the last closed window
     totals: list = field(default_factory=lambda: [0.0] * len(COUNTERS))
+    closed_totals: list = field(default_factory=lambda: [0.0] * len(COUNTERS))  # sums over closed windows
+    n_closed: int = 0  # windows closed so far (the item's own history length)
     assoc: ItemAssociations = field(default_factory=ItemAssociations)
     trend: TrendModel = field(default_factory=TrendModel)
     signal_memory: dict = field(default_factory=dict)  # signal type -> last window start it fired
@@ -142,19 +149,26 @@ class ItemState:
         start = first if self.closed_through is None else self.closed_through + cfg.size_ms
         out: list[ClosedWindow] = []
         last = cfg.start_of(watermark_ms - cfg.grace_ms) - cfg.size_ms  # the newest closable window
+        zero = [0.0] * len(COUNTERS)
         while cfg.closable(start, watermark_ms):
             counts = self.windows.get(start)
-            if counts is None:
-                counts = self.windows[start] = [0.0] * len(COUNTERS)
-            self.trend.learn_one(counts[4])
-            history = [self.windows[s] for s in sorted(self.windows) if s < start]
+            self.trend.learn_one(counts[4] if counts is not None else 0.0)
+            before = list(self.closed_totals)
+            if counts is not None:
+                self.closed_totals = [a + b for a, b in zip(self.closed_totals, counts)]
+            self.n_closed += 1
             self.closed_through = start
             if last - start >= cfg.keep_closed * cfg.size_ms:
                 # Catching up a long idle gap: the zeros teach the trend, only recent windows are scored.
                 start += cfg.size_ms
                 continue
-            out.append(ClosedWindow(self.item_id, start, start + cfg.size_ms,
-                                    dict(zip(COUNTERS, counts)), [list(h) for h in history], self))
+            if counts is None:
+                counts = self.windows[start] = list(zero)
+            history = [list(self.windows.get(s, zero)) for s in range(start - (cfg.keep_closed - 1) * cfg.size_ms, start, cfg.size_ms)
+                       if s >= cfg.start_of(self.first_seen)]
+            out.append(ClosedWindow(self.item_id, start, start + cfg.size_ms, dict(zip(COUNTERS, counts)), history, self,
+                                    self.trend.forecast(), self.trend.slope(), self.trend.burst(),
+                                    dict(zip(COUNTERS, before)), self.n_closed))
             start += cfg.size_ms
         if out:
             self._prune(cfg, watermark_ms)
@@ -182,7 +196,7 @@ class ItemState:
             "units_since_stock": self.units_since_stock, "status": self.status,
             "launched_at": self.launched_at, "first_seen": self.first_seen, "seen": self.seen,
             "windows": {str(k): v for k, v in self.windows.items()}, "closed_through": self.closed_through,
-            "totals": self.totals, "assoc": self.assoc.to_state(), "trend": self.trend.to_state(),
+            "totals": self.totals, "closed_totals": self.closed_totals, "n_closed": self.n_closed, "assoc": self.assoc.to_state(), "trend": self.trend.to_state(),
             "signal_memory": self.signal_memory,
         }
 
@@ -195,6 +209,6 @@ class ItemState:
             stock_ts=d["stock_ts"], units_since_stock=d["units_since_stock"], status=d["status"],
             launched_at=d["launched_at"], first_seen=d["first_seen"], seen=dict(d["seen"]),
             windows={int(k): v for k, v in d["windows"].items()}, closed_through=d["closed_through"],
-            totals=list(d["totals"]), assoc=ItemAssociations.from_state(d["assoc"]),
+            totals=list(d["totals"]), closed_totals=list(d["closed_totals"]), n_closed=d["n_closed"], assoc=ItemAssociations.from_state(d["assoc"]),
             trend=TrendModel.from_state(d["trend"]), signal_memory=dict(d["signal_memory"]),
         )

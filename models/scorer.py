@@ -44,7 +44,7 @@ class TrendScorer:
     device = "cpu"
 
     def predict(self, rows: list[list[float]], windows: list[ClosedWindow]) -> list[list[float] | None]:
-        return [cw.state.trend.forecast(HORIZON) for cw in windows]
+        return [(cw.trend_forecast or [])[:HORIZON] or None for cw in windows]
 
 
 class ArtifactError(ValueError):

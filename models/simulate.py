@@ -23,7 +23,7 @@ class Simulator:
         self.closed_upto = None
         self.outcomes = {"accepted": 0, "duplicate": 0, "late": 0}
         self.n_orders = 0  # accepted baskets (N)
-        self.active: dict[str, int] = {}  # item -> window start of its latest event
+        self.pending: dict[int, set] = {}  # window start -> items with events in it (as the worker keeps)
         self._new = new_state or (lambda item: ItemState(item))
 
     def state(self, key: str) -> ItemState:
@@ -45,7 +45,7 @@ class Simulator:
         for key, rec in route_event(event):
             o = self.state(key).apply(rec, self.cfg)
             if o == ACCEPTED and not key.startswith("session:"):
-                self.active[key] = max(self.active.get(key, 0), self.cfg.start_of(rec["t"]))
+                self.pending.setdefault(self.cfg.start_of(rec["t"]), set()).add(key)
             if rec["n"]:
                 outcome = o
                 if o == ACCEPTED and rec["k"] == "o":
@@ -55,22 +55,26 @@ class Simulator:
         return outcome
 
     def close(self) -> list[ClosedWindow]:
-        """Close every window the watermark has passed, for every item (keys of searches excluded)."""
+        """Close the windows the watermark has passed for the items with events in them.
+
+        The same rule as the worker's: items without events are caught up (with zero
+        windows) the next time one of their windows closes.
+        """
+        ready = sorted(s for s in self.pending if self.cfg.closable(s, self.watermark))
+        keys: set[str] = set()
+        for s in ready:
+            keys |= self.pending.pop(s)
         out: list[ClosedWindow] = []
-        for key in sorted(self.active):
+        for key in sorted(keys):
             out.extend(self.states[key].close_windows(self.cfg, self.watermark))
-            if self.cfg.is_idle(self.active[key], self.watermark):
-                del self.active[key]
         return out
 
     def run(self, events: Iterable) -> Iterator[ClosedWindow]:
-        """Learn events in order, closing windows each time the watermark crosses a boundary."""
+        """Learn events in order, closing windows as the watermark passes them."""
         boundary = None
         for ev in events:
             self.learn(ev)
             b = self.cfg.start_of(max(0, self.watermark - self.cfg.grace_ms))
-            if boundary is None:
-                boundary = b
-            elif b > boundary:
+            if boundary is None or b > boundary:
                 boundary = b
                 yield from self.close()

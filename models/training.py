@@ -188,7 +188,7 @@ def fit(X: np.ndarray, Y: np.ndarray, seed: int = 0, epochs: int = 10, hidden: i
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(b)
+                total += loss.item() * len(b)
             sched.step()
             losses.append(total / max(1, len(perm)))
         model.eval()

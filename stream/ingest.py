@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import defaultdict
 
 import orjson
@@ -27,6 +28,8 @@ from .settings import Settings
 
 log = logging.getLogger("launchpulse.ingest")
 
+IDLE_PARTITION_S = 5.0
+
 
 class Ingest:
     def __init__(self, settings: Settings, metrics: Metrics, cfg: WindowConfig):
@@ -34,13 +37,19 @@ class Ingest:
         self.m = metrics
         self.cfg = cfg
         self.pseudonymise = Pseudonymiser(settings.pseudonym_key)
-        self.watermark = 0  # max event time seen by this ingest consumer
+        # Event-time watermark: the slowest input partition that still has data pending decides,
+        # so partitions read in bursts do not make each other's events late.
+        self.watermark = 0
+        self.partition_max: dict[TopicPartition, int] = {}
+        self.partition_heard: dict[TopicPartition, float] = {}  # monotonic time of its latest message
+        self.instance = uuid.uuid4().hex[:12]  # names this ingest in the envelopes' watermarks
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.healthy_reason = "starting"
         self.last_batch_monotonic = 0.0
         self.consumed = 0
         self._positions: dict[TopicPartition, int] = {}  # committed offsets, for the lag gauge
+        self._sent_wm: dict[int, int] = {}  # watermark last stamped per owner partition
 
     async def start(self) -> None:
         s = self.s
@@ -76,6 +85,8 @@ class Ingest:
                 continue
             if batches:
                 await self.process(batches)
+            else:
+                await self.send_envelopes({})  # idle: the watermark may still advance
             self.healthy_reason = ""
             self.last_batch_monotonic = time.monotonic()
             self.update_lag()
@@ -88,6 +99,30 @@ class Ingest:
             if hw is not None:
                 self.m.lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - (at if at is not None else 0)))
 
+    def advance_watermark(self) -> int:
+        """Min over input partitions of their max event time, skipping idle ones.
+
+        A partition is idle when it has nothing unread and no message for IDLE_PARTITION_S;
+        without that, one quiet partition would hold every window open.
+        """
+        c = self.consumer
+        now = time.monotonic()
+        live = []
+        for tp, mx in self.partition_max.items():
+            hw = c.highwater(tp) if c is not None else None
+            caught_up = hw is not None and self._positions.get(tp, 0) >= hw
+            if not caught_up or now - self.partition_heard.get(tp, 0.0) < IDLE_PARTITION_S:
+                live.append(mx)
+        if live:
+            wm = min(live)
+        elif self.partition_max:
+            wm = max(self.partition_max.values())
+        else:
+            wm = 0
+        if wm > self.watermark:
+            self.watermark = wm
+        return self.watermark
+
     async def process(self, batches: dict) -> None:
         t0 = time.perf_counter()
         s, m, cfg = self.s, self.m, self.cfg
@@ -96,47 +131,65 @@ class Ingest:
         dead: list[dict] = []
         offsets: dict[TopicPartition, int] = {}
         now_ms = int(time.time() * 1000)
+        watermark = self.advance_watermark()
+        part_max = self.partition_max
         for tp, msgs in batches.items():
             topic = tp.topic
             kind = s.input_topics[topic]
+            tracks_time = kind != "catalog"  # catalog records are sparse state updates, not a clock
             m.messages.labels(topic).inc(len(msgs))
-            accepted_to_route = 0
             for msg in msgs:
                 parsed = parse_message(msg.value, kind, self.pseudonymise)
                 for rej in parsed.rejections:
                     dead.append(dead_letter_record(topic, tp.partition, msg.offset, rej, msg.value, now_ms))
+                self.partition_heard[tp] = time.monotonic()
                 for ev in parsed.events:
-                    if cfg.is_late(ev.ts_ms, self.watermark):
+                    if cfg.is_late(ev.ts_ms, watermark):
                         dead.append(dead_letter_record(topic, tp.partition, msg.offset, Rejection(
-                            None, "late_event", f"event time is {(self.watermark - ev.ts_ms) / 1000:.0f} s behind the "
+                            None, "late_event", f"event time is {(watermark - ev.ts_ms) / 1000:.0f} s behind the "
                             f"watermark, more than the {cfg.grace_ms / 1000:.0f} s grace period", orjson.dumps(_public(ev))),
                             None, now_ms))
                         m.late_events.labels(topic).inc()
                         continue
-                    if ev.ts_ms > self.watermark:
-                        self.watermark = ev.ts_ms
+                    if tracks_time and ev.ts_ms > part_max.get(tp, 0):
+                        part_max[tp] = ev.ts_ms
                     src = [topic, tp.partition, msg.offset]
                     for key, rec in route_event(ev):
                         rec["o"] = src
                         routed[partition_for(key, n_parts)].append(rec)
-                    accepted_to_route += 1
             offsets[tp] = msgs[-1].offset + 1
-        futures = []
-        prod = self.producer
-        for part, recs in routed.items():
-            step = s.envelope_max_records
-            for i in range(0, len(recs), step):
-                futures.append(await prod.send(s.routed_topic, orjson.dumps(recs[i:i + step]), partition=part))
+        self._positions.update(offsets)  # as if committed, to stamp the watermark this batch reaches
+        futures = await self.send_envelopes(routed)
         for rec in dead:
             m.dead_letters.labels(rec["code"]).inc()
             m.events.labels(rec["topic"], "rejected").inc()
-            futures.append(await prod.send(s.topic_dead_letter, orjson.dumps(rec)))
+            futures.append(await self.producer.send(s.topic_dead_letter, orjson.dumps(rec)))
         if futures:
             await asyncio.gather(*futures)
         await self.consumer.commit(offsets)
-        self._positions.update(offsets)
         self.consumed += sum(len(v) for v in batches.values())
         m.stage.labels("ingest").observe(time.perf_counter() - t0)
+
+    async def send_envelopes(self, routed: dict) -> list:
+        """One envelope per owner partition with records, or whose watermark moved; returns send futures."""
+        s = self.s
+        prod = self.producer
+        futures = []
+        wm_after = self.advance_watermark()
+        step = s.envelope_max_records
+        for part in range(s.state_partitions):
+            # Every owner partition hears the watermark, even without records, so its windows close.
+            recs = routed.get(part, [])
+            if not recs and self._sent_wm.get(part) == wm_after:
+                continue
+            self._sent_wm[part] = wm_after
+            for i in range(0, max(len(recs), 1), step):
+                env = {"src": self.instance, "wm": wm_after, "r": recs[i:i + step]}
+                futures.append(await prod.send(s.routed_topic, orjson.dumps(env), partition=part))
+        if futures and not routed:
+            await asyncio.gather(*futures)
+            return []
+        return futures
 
 
 def _public(ev) -> dict:

@@ -8,6 +8,7 @@ touched item per envelope) -> scorer batches -> decisions -> ``launch-signals``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from launchpulse.models.itemstate import ACCEPTED, LATE, ClosedWindow, ItemState
 from launchpulse.models.scorer import TrendScorer
 from launchpulse.models.trends import summarise
 from launchpulse.models.associations import rank_associations
+from launchpulse.models.routing import partition_for
 from launchpulse.models.windows import WindowConfig
 from launchpulse.schemas.validate import Rejection, dead_letter_record
 
@@ -35,25 +37,57 @@ N_KEY_PREFIX = "#orders:"  # per-partition accepted basket count in the totals t
 
 
 class PartitionMeta:
-    """Per routed partition: event-time watermark and the items still closing windows."""
+    """Per owner partition: the ingest watermarks heard, and the items with events per open window."""
 
-    __slots__ = ("watermark", "closed_boundary", "active")
+    __slots__ = ("sources", "watermark", "pending", "n_orders")
 
-    def __init__(self, watermark=0, closed_boundary=None, active=None):
-        self.watermark = watermark
-        self.closed_boundary = closed_boundary
-        self.active = active or {}
+    def __init__(self, sources=None, watermark=0, pending=None, n_orders=0):
+        self.sources: dict[str, list] = sources or {}  # ingest instance -> [watermark, wall time last heard]
+        self.watermark: int = watermark
+        self.pending: dict[int, set] = pending or {}  # window start -> items with events in it
+        self.n_orders: int = n_orders  # accepted baskets whose primary record this partition owns
+
+    def hear(self, source: str, wm: int, now_s: float, timeout_s: float) -> int:
+        """The partition's watermark: the slowest live ingest's, never going back."""
+        self.sources[source] = [wm, now_s]
+        live = [w for w, seen in self.sources.values() if now_s - seen <= timeout_s]
+        for src in [k for k, (_, seen) in self.sources.items() if now_s - seen > timeout_s]:
+            del self.sources[src]
+        if live and min(live) > self.watermark:
+            self.watermark = min(live)
+        return self.watermark
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"version": 1, "watermark": self.watermark, "closed_boundary": self.closed_boundary,
-                             "active": self.active})
+        return orjson.dumps({"version": 3, "sources": self.sources, "watermark": self.watermark,
+                             "pending": {str(k): sorted(v) for k, v in self.pending.items()}, "n_orders": self.n_orders})
 
     @classmethod
     def from_bytes(cls, b: bytes | None) -> "PartitionMeta":
         if not b:
             return cls()
         d = orjson.loads(b)
-        return cls(d["watermark"], d["closed_boundary"], d["active"])
+        if d.get("version") != 3:
+            raise ValueError(f"partition meta version {d.get('version')!r} is not 3")
+        return cls(d["sources"], d["watermark"], {int(k): set(v) for k, v in d["pending"].items()}, d["n_orders"])
+
+
+def meta_keys(n_partitions: int) -> list[bytes]:
+    """A key per partition that the default partitioner maps to that partition."""
+    keys: list[bytes | None] = [None] * n_partitions
+    j = 0
+    while None in keys:
+        k = f"#meta:{j}"
+        p = partition_for(k, n_partitions)
+        if keys[p] is None:
+            keys[p] = k.encode()
+        j += 1
+    return keys
+
+
+SOURCE_TIMEOUT_S = 60.0  # an ingest not heard from for this long no longer holds watermarks back
+CACHE_MAX_ITEMS = 200_000
+FLUSH_INTERVAL_S = 0.5  # dirty state is written (and its envelopes acknowledged) at least this often
+FLUSH_MAX_ENVELOPES = 200
 
 
 class Worker:
@@ -67,8 +101,18 @@ class Worker:
         self.scorer = scorer or TrendScorer()
         self.ingest = Ingest(s, self.metrics, self.cfg)
         self.recent_signals: deque = deque(maxlen=1000)
-        self.score_queue: list[tuple[float, ClosedWindow]] = []
+        self.score_queue: list[tuple] = []  # (enqueued monotonic, ClosedWindow, feature row, Evidence)
         self.score_wakeup = asyncio.Event()
+        # Deserialised item states of the partitions this worker owns; the table holds the truth
+        # (bytes, changelogged) and the cache is dropped at every rebalance.
+        self.cache: dict[str, ItemState] = {}
+        self.metas: dict[int, PartitionMeta] = {}
+        self.dirty_items: set[str] = set()
+        self.dirty_totals: set[str] = set()
+        self.dirty_metas: set[int] = set()
+        self.unacked: list = []  # envelopes applied but not yet written: acknowledged by _flush
+        self.ack_stream = None
+        self.last_flush = time.monotonic()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self.envelopes_processed = 0
         self.records_processed = 0
@@ -76,7 +120,7 @@ class Worker:
         self.last_signal_monotonic = 0.0
         self.app = app = faust.App(
             s.app_id, broker=s.broker, datadir=str(s.data_dir), store="memory://",
-            web_port=s.web_port, web_bind=s.web_host, web_host=s.web_host,
+            web_port=s.web_port, web_bind=s.web_host, web_host=s.advertised_host,
             broker_rebalance_timeout=s.rebalance_timeout_s, broker_session_timeout=s.session_timeout_s,
             broker_heartbeat_interval=1.0, consumer_auto_offset_reset="earliest",
             topic_partitions=s.state_partitions, topic_replication_factor=s.replication_factor,
@@ -89,102 +133,179 @@ class Worker:
         self.signals_topic = app.topic(s.topic_signals, key_serializer="raw", value_serializer="raw")
         self.dead_topic = app.topic(s.topic_dead_letter, value_serializer="raw")
         # Item state, one JSON document per item, in the partition that owns the item.
-        # Keys are UTF-8 bytes with the raw codec, so a key hashes to the partition its routed records use.
-        self.items = _raw_table(app.Table("items", key_type=bytes, value_type=bytes, partitions=s.state_partitions))
+        # Keys are UTF-8 bytes with the raw codec and go through the default partitioner, so a key's
+        # changelog partition is the partition its routed records use; that lets state be written in
+        # batches (see _flush) rather than once per envelope.
+        self.items = _raw_table(app.Table("items", key_type=bytes, value_type=bytes, partitions=s.state_partitions,
+                                          use_partitioner=True))
         self.meta = _raw_table(app.Table("partition-meta", key_type=bytes, value_type=bytes,
-                                         partitions=s.state_partitions))
+                                         partitions=s.state_partitions, use_partitioner=True))
+        self.meta_keys = meta_keys(s.state_partitions)
         # Baskets per item and per partition, replicated to every worker (lift needs n_B of any B).
         self.totals = _raw_table(app.GlobalTable("totals", key_type=bytes, value_type=int,
-                                                 partitions=s.state_partitions), value="json")
+                                                 partitions=s.state_partitions, use_partitioner=True), value="json")
         # Cooldown memory of the decisions, written by the scorer outside stream iteration,
         # so keys go through the partitioner (item keys hash like the routed records).
         self.memory = _raw_table(app.Table("signal-memory", key_type=bytes, value_type=bytes,
                                            partitions=s.state_partitions, use_partitioner=True))
         self.totals_view = _TotalsView(self.totals)
         app.agent(self.routed, name="process")(self._process)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_revoked)
         app.task(self._run_ingest)
         app.task(self._run_scorer)
+        app.timer(FLUSH_INTERVAL_S)(self._flush_timer)
         self._routes()
 
     # -- stateful stage ------------------------------------------------------------------
+    async def _on_revoked(self, *args, **kwargs) -> None:
+        # Unwritten state of partitions that may now move is dropped, not written: its envelopes
+        # were not acknowledged, so the next owner replays them onto the recovered tables.
+        self.cache.clear()
+        self.metas.clear()
+        self.dirty_items.clear()
+        self.dirty_totals.clear()
+        self.dirty_metas.clear()
+        self.unacked.clear()
+
     async def _process(self, stream):
-        async for event in stream.events():
+        self.ack_stream = manual = stream.noack()
+        async for event in manual.events():
             self._apply_envelope(event.message.partition, event.value)
-            if self.score_queue and len(self.score_queue) >= self.s.score_max_rows:
+            self.unacked.append(event)
+            if len(self.unacked) >= FLUSH_MAX_ENVELOPES or time.monotonic() - self.last_flush >= FLUSH_INTERVAL_S:
+                await self._flush()
+            if len(self.score_queue) >= self.s.score_max_rows:
                 self.score_wakeup.set()
 
-    def _load(self, key: str) -> ItemState:
+    async def _flush_timer(self) -> None:
+        if self.unacked:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Write every dirty item, total and partition meta once, then acknowledge their envelopes.
+
+        Writes go out before the acknowledgements, and Faust flushes the producer before it
+        commits offsets, so a committed envelope's effects are always in the changelogs. A
+        crash replays unacknowledged envelopes onto the recovered state; deduplication by
+        event id makes that replay harmless.
+        """
+        t0 = time.perf_counter()
+        cache = self.cache
+        for key in self.dirty_items:
+            self.items[key.encode()] = orjson.dumps(cache[key].to_state())
+        for key in self.dirty_totals:
+            self.totals[key.encode()] = cache[key].assoc.n_item
+        for p in self.dirty_metas:
+            meta = self.metas[p]
+            self.meta[self.meta_keys[p]] = meta.to_bytes()
+            self.totals[(N_KEY_PREFIX + str(p)).encode()] = meta.n_orders
+        self.dirty_items.clear()
+        self.dirty_totals.clear()
+        self.dirty_metas.clear()
+        events, self.unacked = self.unacked, []
+        for event in events:
+            await self.ack_stream.ack(event)
+        self.last_flush = time.monotonic()
+        self.metrics.items_tracked.set(len(cache))
+        self.metrics.stage.labels("flush").observe(time.perf_counter() - t0)
+
+    def _state(self, key: str) -> ItemState:
+        st = self.cache.get(key)
+        if st is None:
+            raw = self.items.get(key.encode())
+            st = ItemState.from_state(orjson.loads(raw)) if raw else ItemState(key)
+            if len(self.cache) >= CACHE_MAX_ITEMS:
+                # Evict clean entries only; dirty ones are written at the next flush.
+                for k in [k for k in list(self.cache)[: CACHE_MAX_ITEMS // 5] if k not in self.dirty_items]:
+                    del self.cache[k]
+            self.cache[key] = st
+        return st
+
+    def peek(self, key: str) -> ItemState | None:
+        """An item's current state for the read path (applied changes included), or None."""
+        st = self.cache.get(key)
+        if st is not None:
+            return st
         raw = self.items.get(key.encode())
-        return ItemState.from_state(orjson.loads(raw)) if raw else ItemState(key)
+        return ItemState.from_state(orjson.loads(raw)) if raw else None
+
+    def _meta(self, partition: int) -> PartitionMeta:
+        meta = self.metas.get(partition)
+        if meta is None:
+            meta = self.metas[partition] = PartitionMeta.from_bytes(self.meta.get(self.meta_keys[partition]))
+        return meta
 
     def _apply_envelope(self, partition: int, value: bytes) -> None:
         t0 = time.perf_counter()
         m, cfg = self.metrics, self.cfg
-        recs = orjson.loads(value)
-        meta_key = str(partition).encode()
-        meta = PartitionMeta.from_bytes(self.meta.get(meta_key))
-        states: dict[str, ItemState] = {}
-        dirty_totals: set[str] = set()
-        new_baskets = 0
+        env = orjson.loads(value)
+        recs = env["r"]
+        meta = self._meta(partition)
+        dirty = self.dirty_items
         for rec in recs:
             key = rec["i"] if rec["i"] is not None else "session:" + rec["s"]
-            st = states.get(key)
-            if st is None:
-                st = states[key] = self._load(key)
+            st = self._state(key)
             outcome = st.apply(rec, cfg)
             topic = rec["o"][0]
             if rec["n"]:
                 m.events.labels(topic, "rejected" if outcome == LATE else outcome).inc()
             if outcome == ACCEPTED:
+                dirty.add(key)
                 if rec["i"] is not None:
-                    meta.active[key] = max(meta.active.get(key, 0), cfg.start_of(rec["t"]))
+                    start = cfg.start_of(rec["t"])
+                    items = meta.pending.get(start)
+                    if items is None:
+                        items = meta.pending[start] = set()
+                    items.add(key)
                 if rec["k"] == "o":
-                    dirty_totals.add(key)
+                    self.dirty_totals.add(key)
                     if rec["n"]:
-                        new_baskets += 1
-                if rec["t"] > meta.watermark:
-                    meta.watermark = rec["t"]
+                        meta.n_orders += 1
             elif outcome == LATE and rec["n"]:
                 m.late_events.labels(topic).inc()
                 m.dead_letters.labels("late_event").inc()
                 self.dead_topic.send_soon(value=orjson.dumps(dead_letter_record(
                     topic, rec["o"][1], rec["o"][2], Rejection(None, "late_event",
                     "the event's window had already closed for this item", orjson.dumps(rec)), None, int(time.time() * 1000))))
-        closed = self._close_windows(meta, states)
-        for key, st in states.items():
-            self.items[key.encode()] = orjson.dumps(st.to_state())
-        for key in dirty_totals:
-            self.totals[key.encode()] = states[key].assoc.n_item
-        if new_baskets:
-            nk = (N_KEY_PREFIX + meta_key.decode()).encode()
-            self.totals[nk] = self.totals.get(nk, 0) + new_baskets
-        self.meta[meta_key] = meta.to_bytes()
+        meta.hear(env["src"], env["wm"], time.time(), SOURCE_TIMEOUT_S)
+        self.dirty_metas.add(partition)
+        closed = self._close_windows(meta)
         if closed:
+            # Features and evidence are taken now, from the state as the window closes; only the
+            # scorer's prediction is added later, so results do not depend on scoring's timing.
             now = time.monotonic()
-            self.score_queue.extend((now, cw) for cw in closed)
+            n_total = self.n_orders_total()
+            for cw in closed:
+                self.score_queue.append((now, cw, features.feature_row(cw, cfg),
+                                         features.evidence(cw, cfg, None, self.totals_view, n_total)))
             m.windows_closed.inc(len(closed))
         self.envelopes_processed += 1
         self.records_processed += len(recs)
         m.stage.labels("state").observe(time.perf_counter() - t0)
 
-    def _close_windows(self, meta: PartitionMeta, states: dict) -> list[ClosedWindow]:
+    def _close_windows(self, meta: PartitionMeta) -> list[ClosedWindow]:
+        """Close the windows the watermark passed, for the items that had events in them.
+
+        Items without events are not visited: their empty windows are closed (as zeros)
+        the next time they have an event, so the cost follows activity, not catalogue size.
+        """
         cfg = self.cfg
-        boundary = cfg.start_of(max(0, meta.watermark - cfg.grace_ms))
-        if meta.closed_boundary is not None and boundary <= meta.closed_boundary:
+        ready = sorted(s for s in meta.pending if cfg.closable(s, meta.watermark))
+        if not ready:
             return []
-        meta.closed_boundary = boundary
+        keys: set[str] = set()
+        for s in ready:
+            keys |= meta.pending.pop(s)
         closed: list[ClosedWindow] = []
-        for key in sorted(meta.active):
-            st = states.get(key)
-            if st is None:
-                st = states[key] = self._load(key)
-            closed.extend(st.close_windows(cfg, meta.watermark))
-            if cfg.is_idle(meta.active[key], meta.watermark):
-                del meta.active[key]
+        for key in sorted(keys):
+            closed.extend(self._state(key).close_windows(cfg, meta.watermark))
+        self.dirty_items |= keys
         return closed
 
     # -- scoring and decisions -----------------------------------------------------------
     def n_orders_total(self) -> int:
+        # The global table, not self.metas: baskets of partitions other workers own count too.
         prefix = N_KEY_PREFIX.encode()
         return sum(self.totals.get(prefix + str(p).encode(), 0) for p in range(self.s.state_partitions))
 
@@ -206,17 +327,15 @@ class Worker:
                     log.exception("scoring a batch of %d rows failed; the rows are dropped", len(batch))
 
     async def _score_batch(self, loop, batch) -> None:
-        cfg = self.cfg
-        windows = [cw for _, cw in batch]
-        rows = [features.feature_row(cw, cfg) for cw in windows]
+        windows = [b[1] for b in batch]
+        rows = [b[2] for b in batch]
         t0 = time.perf_counter()
         preds = await loop.run_in_executor(self.executor, self.scorer.predict, rows, windows)
         self.metrics.scorer_batch.observe(time.perf_counter() - t0)
         self.metrics.scorer_rows.observe(len(rows))
-        n_total = self.n_orders_total()
         sent = []
-        for (enqueued, cw), pred in zip(batch, preds):
-            ev = features.evidence(cw, cfg, pred, self.totals_view, n_total)
+        for (enqueued, cw, _, ev), pred in zip(batch, preds):
+            ev = dataclasses.replace(ev, predicted_demand=None if pred is None else [float(x) for x in pred])
             raw = self.memory.get(cw.item_id.encode())
             mem = SignalMemory.from_state(orjson.loads(raw) if raw else None)
             before = dict(mem.last)
@@ -291,10 +410,9 @@ class Worker:
                 return web.json({"error": "limit must be an integer between 1 and 10000"}, status=400)
             if window not in ("all", "recent"):
                 return web.json({"error": "window must be 'all' or 'recent'"}, status=400)
-            raw = worker.items.get(item_id.encode())
-            if not raw:
+            st = worker.peek(item_id)
+            if st is None:
                 return web.json({"error": f"unknown item {item_id}"}, status=404)
-            st = ItemState.from_state(orjson.loads(raw))
             rows = rank_associations(st.assoc, worker.totals_view, worker.n_orders_total(), limit=limit, window=window,
                                      now_ms=None)
             return web.json({"item_id": item_id, "window": window, "associations": [
@@ -304,10 +422,9 @@ class Worker:
         @app.page("/items/{item_id}/trend")
         @app.table_route(table=self.items, match_info="item_id")
         async def trend(web, request, item_id):
-            raw = worker.items.get(item_id.encode())
-            if not raw:
+            st = worker.peek(item_id)
+            if st is None:
                 return web.json({"error": f"unknown item {item_id}"}, status=404)
-            st = ItemState.from_state(orjson.loads(raw))
             return web.json({"item_id": item_id, "window_ms": worker.cfg.size_ms,
                              "windows": st.recent_windows(worker.cfg), **summarise(st.trend),
                              "series": "units ordered per window"})

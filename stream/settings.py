@@ -53,6 +53,7 @@ class Settings:
     score_interval_ms: int = 250
     score_max_rows: int = 4096
     model_path: str | None = None  # None: the bundled model
+    scorer: str = "model"  # "model": the trained PyTorch demand model; "trend": the trend forecaster alone
     # ingest
     ingest_max_records: int = 5000
     envelope_max_records: int = 2000
@@ -86,6 +87,7 @@ class Settings:
             score_interval_ms=_env_int("LAUNCHPULSE_SCORE_INTERVAL_MS", 250),
             score_max_rows=_env_int("LAUNCHPULSE_SCORE_MAX_ROWS", 4096),
             model_path=os.environ.get("LAUNCHPULSE_MODEL") or None,
+            scorer=_env("LAUNCHPULSE_SCORER", "model"),
             security_protocol=_env("LAUNCHPULSE_SECURITY_PROTOCOL", "PLAINTEXT"),
             sasl_mechanism=os.environ.get("LAUNCHPULSE_SASL_MECHANISM") or None,
             sasl_username=os.environ.get("LAUNCHPULSE_SASL_USERNAME") or None,
@@ -102,6 +104,8 @@ class Settings:
             raise SystemExit(f"launchpulse: broker URL {self.broker!r} must start with kafka://")
         if self.window_ms <= 0 or self.grace_ms < 0:
             raise SystemExit("launchpulse: window must be > 0 s and grace >= 0 s")
+        if self.scorer not in ("model", "trend"):
+            raise SystemExit(f"launchpulse: LAUNCHPULSE_SCORER must be 'model' or 'trend', not {self.scorer!r}")
         if not (0 < self.web_port < 65536):
             raise SystemExit(f"launchpulse: web port {self.web_port} is out of range")
         if not self.pseudonym_key:
@@ -114,6 +118,18 @@ class Settings:
     @property
     def ephemeral_key(self) -> bool:
         return getattr(self, "_ephemeral_key", False)
+
+    @property
+    def advertised_host(self) -> str:
+        """The host name other workers use to reach this one's HTTP views (requests are routed to owners)."""
+        explicit = os.environ.get("LAUNCHPULSE_WEB_ADVERTISED_HOST")
+        if explicit:
+            return explicit
+        if self.web_host in ("0.0.0.0", "::"):
+            import socket
+
+            return socket.gethostname()
+        return self.web_host
 
     @property
     def bootstrap_servers(self) -> str:

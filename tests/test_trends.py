@@ -11,7 +11,7 @@ import random
 import pytest
 
 from launchpulse.models import propensity, trends
-from launchpulse.models.propensity import ProgressiveScore, PropensityModel
+from launchpulse.models.propensity import PropensityModel
 from launchpulse.models.trends import TrendModel, summarise
 
 
