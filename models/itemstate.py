@@ -73,6 +73,7 @@ class ItemState:
     totals: list = field(default_factory=lambda: [0.0] * len(COUNTERS))
     closed_totals: list = field(default_factory=lambda: [0.0] * len(COUNTERS))  # sums over closed windows
     n_closed: int = 0  # windows closed so far (the item's own history length)
+    primary_orders: int = 0  # orders whose counting record (n=1) this item carried: they sum to N
     assoc: ItemAssociations = field(default_factory=ItemAssociations)
     trend: TrendModel = field(default_factory=TrendModel)
     signal_memory: dict = field(default_factory=dict)  # signal type -> last window start it fired
@@ -122,6 +123,8 @@ class ItemState:
             if self.stock_ts is not None and ts >= self.stock_ts:
                 self.units_since_stock += q
             self.assoc.learn_basket(rec.get("b") or [], ts)
+            if rec.get("n"):
+                self.primary_orders += 1
         return ACCEPTED
 
     def _apply_catalog(self, rec: dict) -> None:
@@ -150,6 +153,13 @@ class ItemState:
         out: list[ClosedWindow] = []
         last = cfg.start_of(watermark_ms - cfg.grace_ms) - cfg.size_ms  # the newest closable window
         zero = [0.0] * len(COUNTERS)
+        skip_to = last - cfg.max_gap_windows * cfg.size_ms
+        if start < skip_to and not any(start <= s < skip_to for s in self.windows):
+            # A long silent gap: thousands of zero windows would cost time and teach the trend
+            # nothing its last max_gap_windows zeros do not.
+            self.n_closed += (skip_to - start) // cfg.size_ms
+            self.closed_through = skip_to - cfg.size_ms
+            start = skip_to
         while cfg.closable(start, watermark_ms):
             counts = self.windows.get(start)
             self.trend.learn_one(counts[4] if counts is not None else 0.0)
@@ -196,7 +206,7 @@ class ItemState:
             "units_since_stock": self.units_since_stock, "status": self.status,
             "launched_at": self.launched_at, "first_seen": self.first_seen, "seen": self.seen,
             "windows": {str(k): v for k, v in self.windows.items()}, "closed_through": self.closed_through,
-            "totals": self.totals, "closed_totals": self.closed_totals, "n_closed": self.n_closed, "assoc": self.assoc.to_state(), "trend": self.trend.to_state(),
+            "totals": self.totals, "closed_totals": self.closed_totals, "n_closed": self.n_closed, "primary_orders": self.primary_orders, "assoc": self.assoc.to_state(), "trend": self.trend.to_state(),
             "signal_memory": self.signal_memory,
         }
 
@@ -209,6 +219,6 @@ class ItemState:
             stock_ts=d["stock_ts"], units_since_stock=d["units_since_stock"], status=d["status"],
             launched_at=d["launched_at"], first_seen=d["first_seen"], seen=dict(d["seen"]),
             windows={int(k): v for k, v in d["windows"].items()}, closed_through=d["closed_through"],
-            totals=list(d["totals"]), closed_totals=list(d["closed_totals"]), n_closed=d["n_closed"], assoc=ItemAssociations.from_state(d["assoc"]),
+            totals=list(d["totals"]), closed_totals=list(d["closed_totals"]), n_closed=d["n_closed"], primary_orders=d["primary_orders"], assoc=ItemAssociations.from_state(d["assoc"]),
             trend=TrendModel.from_state(d["trend"]), signal_memory=dict(d["signal_memory"]),
         )

@@ -20,9 +20,10 @@ class WindowConfig:
     keep_closed: int = 8  # closed windows kept per item for features and HTTP views
     idle_windows: int = 14  # an item with no event for this many windows stops closing windows
     #                         until its next event (which first closes the gap with zeros)
+    max_gap_windows: int = 48  # a longer idle gap teaches the trend only its last this-many zero windows
 
     def __post_init__(self):
-        if self.size_ms <= 0 or self.grace_ms < 0 or self.keep_closed < 1 or self.idle_windows < 1:
+        if self.size_ms <= 0 or self.grace_ms < 0 or self.keep_closed < 1 or self.idle_windows < 1 or self.max_gap_windows < 1:
             raise ValueError("window size must be > 0, grace >= 0, keep_closed >= 1")
 
     def start_of(self, ts_ms: int) -> int:
@@ -41,4 +42,4 @@ class WindowConfig:
 
     def to_state(self) -> dict:
         return {"size_ms": self.size_ms, "grace_ms": self.grace_ms, "keep_closed": self.keep_closed,
-                "idle_windows": self.idle_windows}
+                "idle_windows": self.idle_windows, "max_gap_windows": self.max_gap_windows}

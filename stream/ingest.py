@@ -99,20 +99,30 @@ class Ingest:
             if hw is not None:
                 self.m.lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - (at if at is not None else 0)))
 
-    def advance_watermark(self) -> int:
-        """Min over input partitions of their max event time, skipping idle ones.
+    async def advance_watermark(self) -> int:
+        """Min over the assigned clickstream and orders partitions of their max event time.
 
-        A partition is idle when it has nothing unread and no message for IDLE_PARTITION_S;
-        without that, one quiet partition would hold every window open.
+        A partition with unread data holds the watermark at its max so far (0 before its first
+        message); one with nothing unread and no message for IDLE_PARTITION_S is skipped, so a
+        quiet partition does not hold every window open. Catalog records do not move time.
         """
         c = self.consumer
         now = time.monotonic()
         live = []
-        for tp, mx in self.partition_max.items():
-            hw = c.highwater(tp) if c is not None else None
-            caught_up = hw is not None and self._positions.get(tp, 0) >= hw
-            if not caught_up or now - self.partition_heard.get(tp, 0.0) < IDLE_PARTITION_S:
-                live.append(mx)
+        clock_topics = (self.s.topic_clickstream, self.s.topic_orders)
+        for tp in c.assignment():
+            if tp.topic not in clock_topics:
+                continue
+            hw = c.highwater(tp)
+            pos = self._positions.get(tp)
+            if pos is None:
+                try:
+                    pos = await c.position(tp)
+                except Exception:  # no position yet (being reset or revoked): unknown, so pending
+                    pos = -1
+            caught_up = hw is not None and pos >= hw
+            if not caught_up or now - self.partition_heard.get(tp, -1e9) < IDLE_PARTITION_S:
+                live.append(self.partition_max.get(tp, 0))
         if live:
             wm = min(live)
         elif self.partition_max:
@@ -131,7 +141,7 @@ class Ingest:
         dead: list[dict] = []
         offsets: dict[TopicPartition, int] = {}
         now_ms = int(time.time() * 1000)
-        watermark = self.advance_watermark()
+        watermark = await self.advance_watermark()
         part_max = self.partition_max
         for tp, msgs in batches.items():
             topic = tp.topic
@@ -175,16 +185,21 @@ class Ingest:
         s = self.s
         prod = self.producer
         futures = []
-        wm_after = self.advance_watermark()
+        wm_after = await self.advance_watermark()
         step = s.envelope_max_records
         for part in range(s.state_partitions):
             # Every owner partition hears the watermark, even without records, so its windows close.
             recs = routed.get(part, [])
             if not recs and self._sent_wm.get(part) == wm_after:
                 continue
+            before = self._sent_wm.get(part, 0)
             self._sent_wm[part] = wm_after
-            for i in range(0, max(len(recs), 1), step):
-                env = {"src": self.instance, "wm": wm_after, "r": recs[i:i + step]}
+            starts = range(0, max(len(recs), 1), step)
+            for i in starts:
+                # Only the batch's last envelope may move the watermark: the owner closes windows
+                # when it hears it, and the records of the earlier envelopes must land first.
+                wm = wm_after if i == starts[-1] else before
+                env = {"src": self.instance, "wm": wm, "r": recs[i:i + step]}
                 futures.append(await prod.send(s.routed_topic, orjson.dumps(env), partition=part))
         if futures and not routed:
             await asyncio.gather(*futures)

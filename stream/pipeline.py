@@ -33,19 +33,18 @@ from .settings import Settings
 
 log = logging.getLogger("launchpulse.worker")
 
-N_KEY_PREFIX = "#orders:"  # per-partition accepted basket count in the totals table
+N_TOTAL_TTL_S = 0.25
 
 
 class PartitionMeta:
     """Per owner partition: the ingest watermarks heard, and the items with events per open window."""
 
-    __slots__ = ("sources", "watermark", "pending", "n_orders")
+    __slots__ = ("sources", "watermark", "pending")
 
-    def __init__(self, sources=None, watermark=0, pending=None, n_orders=0):
+    def __init__(self, sources=None, watermark=0, pending=None):
         self.sources: dict[str, list] = sources or {}  # ingest instance -> [watermark, wall time last heard]
         self.watermark: int = watermark
         self.pending: dict[int, set] = pending or {}  # window start -> items with events in it
-        self.n_orders: int = n_orders  # accepted baskets whose primary record this partition owns
 
     def hear(self, source: str, wm: int, now_s: float, timeout_s: float) -> int:
         """The partition's watermark: the slowest live ingest's, never going back."""
@@ -58,17 +57,17 @@ class PartitionMeta:
         return self.watermark
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"version": 3, "sources": self.sources, "watermark": self.watermark,
-                             "pending": {str(k): sorted(v) for k, v in self.pending.items()}, "n_orders": self.n_orders})
+        return orjson.dumps({"version": 4, "sources": self.sources, "watermark": self.watermark,
+                             "pending": {str(k): sorted(v) for k, v in self.pending.items()}})
 
     @classmethod
     def from_bytes(cls, b: bytes | None) -> "PartitionMeta":
         if not b:
             return cls()
         d = orjson.loads(b)
-        if d.get("version") != 3:
-            raise ValueError(f"partition meta version {d.get('version')!r} is not 3")
-        return cls(d["sources"], d["watermark"], {int(k): set(v) for k, v in d["pending"].items()}, d["n_orders"])
+        if d.get("version") != 4:
+            raise ValueError(f"partition meta version {d.get('version')!r} is not 4")
+        return cls(d["sources"], d["watermark"], {int(k): set(v) for k, v in d["pending"].items()})
 
 
 def meta_keys(n_partitions: int) -> list[bytes]:
@@ -113,6 +112,8 @@ class Worker:
         self.unacked: list = []  # envelopes applied but not yet written: acknowledged by _flush
         self.ack_stream = None
         self.last_flush = time.monotonic()
+        self._n_total = 0
+        self._n_total_at = -1e9
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self.envelopes_processed = 0
         self.records_processed = 0
@@ -142,13 +143,13 @@ class Worker:
                                          partitions=s.state_partitions, use_partitioner=True))
         self.meta_keys = meta_keys(s.state_partitions)
         # Baskets per item and per partition, replicated to every worker (lift needs n_B of any B).
-        self.totals = _raw_table(app.GlobalTable("totals", key_type=bytes, value_type=int,
+        self.totals = _raw_table(app.GlobalTable("totals", key_type=bytes,
                                                  partitions=s.state_partitions, use_partitioner=True), value="json")
         # Cooldown memory of the decisions, written by the scorer outside stream iteration,
         # so keys go through the partitioner (item keys hash like the routed records).
         self.memory = _raw_table(app.Table("signal-memory", key_type=bytes, value_type=bytes,
                                            partitions=s.state_partitions, use_partitioner=True))
-        self.totals_view = _TotalsView(self.totals)
+        self.totals_view = _TotalsView(self.totals, self.cache)
         app.agent(self.routed, name="process")(self._process)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_revoked)
@@ -195,11 +196,10 @@ class Worker:
         for key in self.dirty_items:
             self.items[key.encode()] = orjson.dumps(cache[key].to_state())
         for key in self.dirty_totals:
-            self.totals[key.encode()] = cache[key].assoc.n_item
+            st = cache[key]
+            self.totals[key.encode()] = [st.assoc.n_item, st.primary_orders]
         for p in self.dirty_metas:
-            meta = self.metas[p]
-            self.meta[self.meta_keys[p]] = meta.to_bytes()
-            self.totals[(N_KEY_PREFIX + str(p)).encode()] = meta.n_orders
+            self.meta[self.meta_keys[p]] = self.metas[p].to_bytes()
         self.dirty_items.clear()
         self.dirty_totals.clear()
         self.dirty_metas.clear()
@@ -250,7 +250,9 @@ class Worker:
             topic = rec["o"][0]
             if rec["n"]:
                 m.events.labels(topic, "rejected" if outcome == LATE else outcome).inc()
-            if outcome == ACCEPTED:
+            if outcome != LATE:
+                # Also on a duplicate: after a crash between writes of one flush, the replayed
+                # duplicates rewrite what the lost writes held (all of these are idempotent).
                 dirty.add(key)
                 if rec["i"] is not None:
                     start = cfg.start_of(rec["t"])
@@ -260,9 +262,7 @@ class Worker:
                     items.add(key)
                 if rec["k"] == "o":
                     self.dirty_totals.add(key)
-                    if rec["n"]:
-                        meta.n_orders += 1
-            elif outcome == LATE and rec["n"]:
+            elif rec["n"]:
                 m.late_events.labels(topic).inc()
                 m.dead_letters.labels("late_event").inc()
                 self.dead_topic.send_soon(value=orjson.dumps(dead_letter_record(
@@ -305,9 +305,18 @@ class Worker:
 
     # -- scoring and decisions -----------------------------------------------------------
     def n_orders_total(self) -> int:
-        # The global table, not self.metas: baskets of partitions other workers own count too.
-        prefix = N_KEY_PREFIX.encode()
-        return sum(self.totals.get(prefix + str(p).encode(), 0) for p in range(self.s.state_partitions))
+        """N, the accepted baskets: the sum of every item's primary-order count in the global table.
+
+        Each item's count is idempotent under replays (it moves with the item's deduplicated
+        state), so N is too. Summed at most every N_TOTAL_TTL_S seconds.
+        """
+        now = time.monotonic()
+        if now - self._n_total_at > N_TOTAL_TTL_S:
+            cache = self.cache
+            total = sum(v[1] for k, v in self.totals.items() if k.decode() not in cache)
+            self._n_total = total + sum(st.primary_orders for st in cache.values())
+            self._n_total_at = now
+        return self._n_total
 
     async def _run_scorer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -392,7 +401,7 @@ class Worker:
         async def progress(web, request):
             return web.json({"ingested_messages": worker.ingest.consumed, "records_processed": worker.records_processed,
                              "envelopes_processed": worker.envelopes_processed, "score_queue": len(worker.score_queue),
-                             "signals_sent": worker.signals_sent})
+                             "signals_sent": worker.signals_sent, "orders_total": worker.n_orders_total()})
 
         @app.page("/signals/recent")
         async def recent(web, request):
@@ -431,30 +440,46 @@ class Worker:
 
 
 def _raw_table(table, value: str = "raw"):
+    """Raw byte keys (and raw or JSON values). Faust derives codecs from key/value types and builds
+    the changelog topic as the table registers, so the topic is rebuilt with the right codecs:
+    otherwise keys would be JSON-encoded in the changelog, hash to other partitions than the
+    routed records, and come back from recovery as str instead of bytes."""
     table.key_serializer = "raw"
     table.value_serializer = value
+    table._changelog_topic = None
+    table.app.tables._changelogs[table.changelog_topic.get_topic_name()] = table
     return table
 
 
 class _TotalsView:
-    """Read-only str-keyed mapping over the bytes-keyed totals table, for the pure read path."""
+    """Baskets per item for the pure read path: the owner's own state for items this worker owns,
+    the replicated global table for the others.
 
-    __slots__ = ("_t",)
+    The global table's local copy can lag (or briefly regress to an older changelog record) for
+    keys this worker writes itself, so an owned item is always read from its state.
+    """
 
-    def __init__(self, table):
+    __slots__ = ("_t", "_own")
+
+    def __init__(self, table, own: dict):
         self._t = table
+        self._own = own
 
     def get(self, key: str, default=None):
-        return self._t.get(key.encode(), default)
+        st = self._own.get(key)
+        if st is not None:
+            return st.assoc.n_item
+        v = self._t.get(key.encode())
+        return default if v is None else v[0]
 
     def __getitem__(self, key: str):
-        v = self._t.get(key.encode())
+        v = self.get(key)
         if v is None:
             raise KeyError(key)
         return v
 
     def __contains__(self, key: str) -> bool:
-        return key.encode() in self._t
+        return key in self._own or key.encode() in self._t
 
 
 def _int_arg(request, name, default, lo, hi):
