@@ -50,6 +50,7 @@ class Ingest:
         self.consumed = 0
         self._positions: dict[TopicPartition, int] = {}  # committed offsets, for the lag gauge
         self._sent_wm: dict[int, int] = {}  # watermark last stamped per owner partition
+        self._start_offsets: dict[TopicPartition, int] = {}  # committed offsets when first seen
 
     async def start(self) -> None:
         s = self.s
@@ -116,10 +117,14 @@ class Ingest:
             hw = c.highwater(tp)
             pos = self._positions.get(tp)
             if pos is None:
-                try:
-                    pos = await c.position(tp)
-                except Exception:  # no position yet (being reset or revoked): unknown, so pending
-                    pos = -1
+                # Not read by this instance yet: where the group left it. (The consumer's own
+                # position runs ahead of what was processed, since it prefetches.)
+                pos = self._start_offsets.get(tp)
+                if pos is None:
+                    try:
+                        pos = self._start_offsets[tp] = (await c.committed(tp)) or 0
+                    except Exception:  # unknown yet: pending
+                        pos = -1
             caught_up = hw is not None and pos >= hw
             if not caught_up or now - self.partition_heard.get(tp, -1e9) < IDLE_PARTITION_S:
                 live.append(self.partition_max.get(tp, 0))
@@ -199,7 +204,7 @@ class Ingest:
                 # Only the batch's last envelope may move the watermark: the owner closes windows
                 # when it hears it, and the records of the earlier envelopes must land first.
                 wm = wm_after if i == starts[-1] else before
-                env = {"src": self.instance, "wm": wm, "r": recs[i:i + step]}
+                env = {"src": self.instance, "wm": wm, "at": time.time(), "r": recs[i:i + step]}
                 futures.append(await prod.send(s.routed_topic, orjson.dumps(env), partition=part))
         if futures and not routed:
             await asyncio.gather(*futures)

@@ -18,7 +18,7 @@ class Metrics:
         self.late_events = Counter("launchpulse_late_events", "Events refused as later than the grace period", ["topic"], registry=r)
         self.signals = Counter("launchpulse_signals", "Launch signals emitted, by type", ["type"], registry=r)
         self.event_to_signal = Histogram("launchpulse_event_to_signal_seconds",
-                                         "Wall time from consuming the event that closed a window to emitting its signals",
+                                         "Wall time from ingest reading the input that closed a window to emitting its signals",
                                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
         self.scorer_batch = Histogram("launchpulse_scorer_batch_seconds", "Scorer wall time per batch",
                                       buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), registry=r)

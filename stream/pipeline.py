@@ -100,7 +100,7 @@ class Worker:
         self.scorer = scorer or TrendScorer()
         self.ingest = Ingest(s, self.metrics, self.cfg)
         self.recent_signals: deque = deque(maxlen=1000)
-        self.score_queue: list[tuple] = []  # (enqueued monotonic, ClosedWindow, feature row, Evidence)
+        self.score_queue: list[tuple] = []  # (ingest wall time, ClosedWindow, feature row, Evidence)
         self.score_wakeup = asyncio.Event()
         # Deserialised item states of the partitions this worker owns; the table holds the truth
         # (bytes, changelogged) and the cache is dropped at every rebalance.
@@ -152,7 +152,7 @@ class Worker:
         self.totals_view = _TotalsView(self.totals, self.cache)
         app.agent(self.routed, name="process")(self._process)
         app.on_partitions_revoked.connect(self._on_revoked)
-        app.on_partitions_assigned.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
         app.task(self._run_ingest)
         app.task(self._run_scorer)
         app.timer(FLUSH_INTERVAL_S)(self._flush_timer)
@@ -160,14 +160,18 @@ class Worker:
 
     # -- stateful stage ------------------------------------------------------------------
     async def _on_revoked(self, *args, **kwargs) -> None:
-        # Unwritten state of partitions that may now move is dropped, not written: its envelopes
-        # were not acknowledged, so the next owner replays them onto the recovered tables.
+        # Write what was applied, and acknowledge it, while these partitions are still ours:
+        # Faust does not replay envelopes of partitions that stay assigned across a rebalance,
+        # so unwritten state dropped here would be lost.
+        if self.unacked or self.dirty_items or self.dirty_metas:
+            await self._flush()
         self.cache.clear()
         self.metas.clear()
-        self.dirty_items.clear()
-        self.dirty_totals.clear()
-        self.dirty_metas.clear()
-        self.unacked.clear()
+
+    async def _on_assigned(self, *args, **kwargs) -> None:
+        # Partitions may have moved in: read their state from the (recovered) tables again.
+        self.cache.clear()
+        self.metas.clear()
 
     async def _process(self, stream):
         self.ack_stream = manual = stream.noack()
@@ -274,10 +278,11 @@ class Worker:
         if closed:
             # Features and evidence are taken now, from the state as the window closes; only the
             # scorer's prediction is added later, so results do not depend on scoring's timing.
-            now = time.monotonic()
+            # Latency is counted from when ingest read the input that moved the watermark.
+            consumed_at = env.get("at", time.time())
             n_total = self.n_orders_total()
             for cw in closed:
-                self.score_queue.append((now, cw, features.feature_row(cw, cfg),
+                self.score_queue.append((consumed_at, cw, features.feature_row(cw, cfg),
                                          features.evidence(cw, cfg, None, self.totals_view, n_total)))
             m.windows_closed.inc(len(closed))
         self.envelopes_processed += 1
@@ -355,7 +360,7 @@ class Worker:
         for enqueued, sig in sent:
             await self.signals_topic.send(key=sig["signal_id"].encode(), value=orjson.dumps(sig))
             self.metrics.signals.labels(sig["type"]).inc()
-            self.metrics.event_to_signal.observe(time.monotonic() - enqueued)
+            self.metrics.event_to_signal.observe(max(0.0, time.time() - enqueued))
             self.recent_signals.append(sig)
         self.signals_sent += len(sent)
         if sent:
@@ -399,6 +404,11 @@ class Worker:
 
         @app.page("/progress")
         async def progress(web, request):
+            if request.query.get("deep"):
+                # Diagnostics: N summed from this worker's item states rather than the global table.
+                n_items = sum(orjson.loads(v)["primary_orders"] for v in worker.items.values())
+                return web.json({"orders_total_from_items": n_items, "orders_total": worker.n_orders_total(),
+                                 "items": len(worker.items), "totals_keys": len(worker.totals)})
             return web.json({"ingested_messages": worker.ingest.consumed, "records_processed": worker.records_processed,
                              "envelopes_processed": worker.envelopes_processed, "score_queue": len(worker.score_queue),
                              "signals_sent": worker.signals_sent, "orders_total": worker.n_orders_total()})
