@@ -54,6 +54,7 @@ class ClosedWindow:
     trend_burst: bool = False
     totals_before: dict | None = None  # the item's counts over all windows closed before this one
     n_closed: int = 0  # this window's position in the item's own history (1 = first)
+    forecast_abs_error: float | None = None  # |one-step trend forecast - units| (None: no forecast yet)
 
 
 @dataclass(slots=True)
@@ -162,7 +163,11 @@ class ItemState:
             start = skip_to
         while cfg.closable(start, watermark_ms):
             counts = self.windows.get(start)
-            self.trend.learn_one(counts[4] if counts is not None else 0.0)
+            y = counts[4] if counts is not None else 0.0
+            emitting = last - start < cfg.keep_closed * cfg.size_ms
+            # The one-step forecast made before this window closed, to score the trend online.
+            before_fc = self.trend.predict_one() if emitting else None
+            self.trend.learn_one(y)
             before = list(self.closed_totals)
             if counts is not None:
                 self.closed_totals = [a + b for a, b in zip(self.closed_totals, counts)]
@@ -178,7 +183,8 @@ class ItemState:
                        if s >= cfg.start_of(self.first_seen)]
             out.append(ClosedWindow(self.item_id, start, start + cfg.size_ms, dict(zip(COUNTERS, counts)), history, self,
                                     self.trend.forecast(), self.trend.slope(), self.trend.burst(),
-                                    dict(zip(COUNTERS, before)), self.n_closed))
+                                    dict(zip(COUNTERS, before)), self.n_closed,
+                                    None if before_fc is None else abs(before_fc - y)))
             start += cfg.size_ms
         if out:
             self._prune(cfg, watermark_ms)

@@ -21,28 +21,9 @@ from datetime import datetime, timezone
 from launchpulse.models.backtest import IMPLEMENTED, OutcomeRules, run_backtest
 from launchpulse.models.decisions import Thresholds
 from launchpulse.models.windows import WindowConfig
+from .argtypes import non_negative as _non_negative, positive as _positive
 
 DEFAULT_INSTACART_EVENTS = 30_000
-
-
-def _positive(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{v!r} is not an integer") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{v} must be > 0")
-    return n
-
-
-def _non_negative(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{v!r} is not an integer") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 0")
-    return n
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

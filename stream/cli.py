@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from .settings import Settings
+from .argtypes import port as _port, positive as _positive
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,23 +26,6 @@ class _Parser(argparse.ArgumentParser):
 def _add_broker(p):
     p.add_argument("--broker", help="Kafka URL, e.g. kafka://127.0.0.1:9092 (default: $LAUNCHPULSE_BROKER or "
                                     "kafka://127.0.0.1:9092)")
-
-
-def _positive(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{v!r} is not an integer") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{v} must be > 0")
-    return n
-
-
-def _port(v: str) -> int:
-    n = _positive(v)
-    if n > 65535:
-        raise argparse.ArgumentTypeError(f"{v} is not a TCP port")
-    return n
 
 
 def build_parser() -> argparse.ArgumentParser:

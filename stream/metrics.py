@@ -29,6 +29,10 @@ class Metrics:
         self.lag = Gauge("launchpulse_consumer_lag", "Messages behind the high watermark, by topic and partition",
                          ["topic", "partition"], registry=r)
         self.items_tracked = Gauge("launchpulse_items_tracked", "Items held in this worker's state", registry=r)
+        self.forecast_error = Histogram("launchpulse_trend_forecast_abs_error_units",
+                                        "Absolute error of the trend's one-step forecast of units per window, "
+                                        "evaluated as each window closes",
+                                        buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100), registry=r)
         self.windows_closed = Counter("launchpulse_windows_closed", "Item windows closed", registry=r)
         self.healthy = Gauge("launchpulse_healthy", "1 while the worker is consuming and its broker answers", registry=r)
         self.broker_errors = Counter("launchpulse_broker_errors", "Errors talking to the broker", ["stage"], registry=r)

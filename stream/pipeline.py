@@ -19,7 +19,7 @@ import orjson
 
 from launchpulse.models import features
 from launchpulse.models.decisions import SignalMemory, Thresholds, decide_item
-from launchpulse.models.itemstate import ACCEPTED, LATE, ClosedWindow, ItemState
+from launchpulse.models.itemstate import LATE, ClosedWindow, ItemState
 from launchpulse.models.scorer import TrendScorer
 from launchpulse.models.trends import summarise
 from launchpulse.models.associations import rank_associations
@@ -282,6 +282,8 @@ class Worker:
             consumed_at = env.get("at", time.time())
             n_total = self.n_orders_total()
             for cw in closed:
+                if cw.forecast_abs_error is not None:
+                    m.forecast_error.observe(cw.forecast_abs_error)
                 self.score_queue.append((consumed_at, cw, features.feature_row(cw, cfg),
                                          features.evidence(cw, cfg, None, self.totals_view, n_total)))
             m.windows_closed.inc(len(closed))

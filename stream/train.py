@@ -17,6 +17,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from .argtypes import positive as _positive
 
 ARTIFACT_NAME = "demand_mlp"
 
@@ -25,16 +26,6 @@ def default_out() -> Path:
     import launchpulse.models
 
     return Path(launchpulse.models.__file__).resolve().parent / "artifacts"
-
-
-def _positive(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{v!r} is not an integer") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{v} must be > 0")
-    return n
 
 
 def _fraction(v: str) -> float:
