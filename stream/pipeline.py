@@ -208,6 +208,9 @@ class Worker:
         self.dirty_totals.clear()
         self.dirty_metas.clear()
         events, self.unacked = self.unacked, []
+        # Wait until the broker has the writes, then acknowledge: an acknowledged envelope may be
+        # committed at any moment, and a committed envelope must never need its state again.
+        await self.app.producer.flush()
         for event in events:
             await self.ack_stream.ack(event)
         self.last_flush = time.monotonic()
@@ -429,8 +432,11 @@ class Worker:
             window = request.query.get("window", "all")
             if limit is None:
                 return web.json({"error": "limit must be an integer between 1 and 10000"}, status=400)
-            if window not in ("all", "recent"):
-                return web.json({"error": "window must be 'all' or 'recent'"}, status=400)
+            if window != "all":
+                # Only the all-time view is kept by the worker so far (recent windows would multiply
+                # the association state); say so rather than answer with something else.
+                return web.json({"error": "window must be 'all' (recent association windows are not kept yet)"},
+                                status=400)
             st = worker.peek(item_id)
             if st is None:
                 return web.json({"error": f"unknown item {item_id}"}, status=404)

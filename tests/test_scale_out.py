@@ -1,0 +1,57 @@
+"""Two workers in one group split the partitions; either answers associations equal to the exact truth."""
+import asyncio
+import time
+
+import pytest
+
+from launchpulse.stream.admin import ensure_topics
+
+from conftest import http_json
+from test_recovery import DAILY, _orders, _produce, batch_truth
+
+
+def test_two_workers_split_partitions_and_answer_exactly(deployment):
+    orders = _orders()
+    n_total, n_item, pair = batch_truth(orders)
+    s = deployment.settings()
+    asyncio.run(ensure_topics(s))
+    a = deployment.worker(data_dir="a", **DAILY)
+    b = deployment.worker(data_dir="b", **DAILY)
+    a.wait_healthy()
+    b.wait_healthy()
+    time.sleep(12)  # let the group settle with both members before the data arrives
+    asyncio.run(_produce(s, orders))
+
+    def progress(w):
+        return http_json(w.base + "/progress", 5.0)[1]
+
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline:
+        try:
+            pa, pb = progress(a), progress(b)
+            if pa["orders_total"] == n_total and pb["orders_total"] == n_total:
+                break
+        except OSError:
+            pass
+        time.sleep(1)
+    pa, pb = progress(a), progress(b)
+    assert pa["records_processed"] > 0 and pb["records_processed"] > 0, (pa, pb)  # both own partitions
+    assert pa["orders_total"] == n_total and pb["orders_total"] == n_total, (pa, pb, a.tail(), b.tail())
+
+    top = [item for item, _ in n_item.most_common(40)]
+    for k, item in enumerate(top):
+        w = (a, b)[k % 2]  # ask both; an item owned by the other worker is routed there
+        code, body = http_json(f"{w.base}/items/{item}/associations?limit=1000&window=all", 15.0)
+        assert code == 200, body
+        expected = {}
+        for (x, y), c in pair.items():
+            if x == item:
+                expected[y] = c
+            elif y == item:
+                expected[x] = c
+        rows = {r["item_id"]: r for r in body["associations"]}
+        for partner, row in rows.items():
+            co = expected.get(partner, 0)
+            assert row["co_count"] == co, (item, partner, row, co)
+            assert row["lift"] == pytest.approx(co * n_total / (n_item[item] * n_item[partner]), rel=1e-6)
+        assert not [p for p, c in expected.items() if c >= 10 and p not in rows], item
