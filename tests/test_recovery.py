@@ -19,6 +19,9 @@ from launchpulse.stream.datasets import instacart_events
 
 from conftest import http_json
 
+# Minutes long, and flaky under load inside the full suite (see the #6 note); run with -m crash.
+pytestmark = pytest.mark.crash
+
 
 DAILY = {"LAUNCHPULSE_WINDOW_SECONDS": "86400", "LAUNCHPULSE_GRACE_SECONDS": "3600"}  # the data are daily
 

@@ -9,6 +9,9 @@ from launchpulse.stream.admin import ensure_topics
 from conftest import http_json
 from test_recovery import DAILY, _orders, _produce, batch_truth
 
+# Minutes long, and flaky under load inside the full suite (see the #6 note); run with -m crash.
+pytestmark = pytest.mark.crash
+
 
 def test_two_workers_split_partitions_and_answer_exactly(deployment):
     orders = _orders()
