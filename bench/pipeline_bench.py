@@ -639,22 +639,11 @@ def latency_run(broker_url: str, workdir: Path, events: list, rate: float, durat
 
 def mlxtend_recompute() -> dict:
     sys.path.insert(0, str(ROOT / "bench"))
-    import pandas as pd
-    from associations_bench import MIN_SUPPORT_COUNT, instacart_baskets
-    from mlxtend.frequent_patterns import association_rules, fpgrowth
-    from mlxtend.preprocessing import TransactionEncoder
+    from associations_bench import instacart_baskets, mlxtend_rules
 
     baskets = instacart_baskets()
     n = len(baskets)
-    t0 = time.perf_counter()
-    te = TransactionEncoder()
-    onehot = te.fit(baskets).transform(baskets, sparse=True)
-    df = pd.DataFrame.sparse.from_spmatrix(onehot, columns=te.columns_)
-    t_enc = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    freq = fpgrowth(df, min_support=(MIN_SUPPORT_COUNT - 0.5) / n, use_colnames=True, max_len=2)
-    rules = association_rules(freq, num_itemsets=n, metric="support", min_threshold=0)
-    t_rules = time.perf_counter() - t1
+    freq, rules, t_enc, t_rules = mlxtend_rules(baskets)
     return {"baskets": n, "encode_s": t_enc, "fpgrowth_rules_s": t_rules, "total_s": t_enc + t_rules,
             "rules": len(rules), "itemsets": len(freq)}
 

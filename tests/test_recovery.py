@@ -31,13 +31,16 @@ def _orders():
 
 
 def batch_truth(orders):
+    """(N, baskets per item, co-counts per item: {item: {partner: n}}), counted exactly."""
     n_item = Counter()
-    pair = Counter()
+    partners: dict = {}
     for o in orders:
         items = sorted({line["item_id"] for line in o["items"]})
         n_item.update(items)
-        pair.update(combinations(items, 2))
-    return len(orders), n_item, pair
+        for a, b in combinations(items, 2):
+            partners.setdefault(a, Counter())[b] += 1
+            partners.setdefault(b, Counter())[a] += 1
+    return len(orders), n_item, partners
 
 
 async def _produce(settings, orders, per_message=25):
@@ -98,12 +101,7 @@ def test_sigkill_twice_then_exact_associations(deployment):
         code, body = http_json(f"{last.base}/items/{item}/associations?limit=1000&window=all", 10.0)
         assert code == 200, body
         rows = {r["item_id"]: r for r in body["associations"]}
-        expected = {}
-        for (a, b), c in pair.items():
-            if a == item:
-                expected[b] = c
-            elif b == item:
-                expected[a] = c
+        expected = pair[item]
         for partner, row in rows.items():
             co = expected.get(partner, 0)
             assert row["co_count"] == co, (item, partner, row, co)

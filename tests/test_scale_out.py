@@ -46,12 +46,7 @@ def test_two_workers_split_partitions_and_answer_exactly(deployment):
         w = (a, b)[k % 2]  # ask both; an item owned by the other worker is routed there
         code, body = http_json(f"{w.base}/items/{item}/associations?limit=1000&window=all", 15.0)
         assert code == 200, body
-        expected = {}
-        for (x, y), c in pair.items():
-            if x == item:
-                expected[y] = c
-            elif y == item:
-                expected[x] = c
+        expected = pair[item]
         rows = {r["item_id"]: r for r in body["associations"]}
         for partner, row in rows.items():
             co = expected.get(partner, 0)
