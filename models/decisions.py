@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from launchpulse.schemas.validate import format_ts
+
+from .associations import ItemAssociations, homogeneity, substitutes
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,23 @@ class Thresholds:
     cooldown_windows: int = 3  # the same signal for the same subject at most once per this many windows
     reminder_windows: int = 28  # while a condition holds, it is said again only this often
     opposite_hold_windows: int = 6  # an opposite signal needs this many windows since the last one
+    # -- category cadence (decide_category; evidence from category.cadence_evidence) --------------
+    cadence_lookback_windows: int = 14  # launches counted over this many windows; demand halves of half of it
+    cadence_min_launches: int = 3  # launches in the lookback for the category to be judged at all
+    cadence_min_units: float = 5.0  # mean units per window (recent half): thinner demand is not judged
+    cadence_rise_growth: float = 1.15  # "rising": recent-half units >= this x the half before (and trend slope > 0)
+    cadence_flat_growth: float = 1.05  # "flat or falling": recent-half units <= this x the half before
+    cadence_healthy_share: float = 0.10  # accelerate: new items take at least this share of recent units ...
+    cadence_max_established_drop: float = 0.10  # ... while established items' units fall by at most this
+    cadence_cannibal_share: float = 0.10  # slow: new items take at least this share of flat demand ...
+    cadence_cannibal_drop: float = 0.05  # ... and established items' units fall by at least this
+    cadence_fail_share: float = 0.02  # slow: launches settled for cadence_settle_windows take under this share
+    cadence_settle_windows: int = 3  # a launch younger than this is not yet expected to take any share
+    # -- homogeneity_warning (decide_homogeneity; evidence from neighbourhood_evidence) -----------
+    homogeneity_min_share: float = 0.5  # substitutes' share of the item's co-view + co-cart mass
+    homogeneity_min_substitutes: int = 1  # substitutes (co-viewed/carted >= homogeneity_min_co_count, not co-bought)
+    homogeneity_min_co_count: int = 10  # sessions holding both items before a partner can count as a substitute
+    homogeneity_max_listed: int = 5  # substitutes listed in the evidence
 
 
 OPPOSITES = {"restock_risk": "overstock_risk", "overstock_risk": "restock_risk",
@@ -86,7 +106,7 @@ class SignalMemory:
         return {"version": 3, "last": self.last, "on": self.on}
 
     @classmethod
-    def from_state(cls, d: dict | None) -> "SignalMemory":
+    def from_state(cls, d: dict | None) -> SignalMemory:
         if not d:
             return cls()
         if d.get("version") != 3:
@@ -121,7 +141,7 @@ class Evidence:
 
 
 def _clamp01(x: float) -> float:
-    return 0.0 if x != x else max(0.0, min(1.0, x))
+    return 0.0 if math.isnan(x) else max(0.0, min(1.0, x))
 
 
 def _sig(ev: Evidence, kind: str, score: float, action: str, reasons: list, evidence: dict,
@@ -223,3 +243,165 @@ def decide_item(ev: Evidence, memory: SignalMemory, model_version: str, th: Thre
                         {"partner_item_id": partner, "co_count": co, "lift": round(lift, 6), "confidence": round(conf, 6),
                          "support": round(support, 9)}, model_version, extra=partner))
     return out
+
+
+# -- category cadence ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryEvidence:
+    """What the cadence decisions see for one category's closed window (built by category.cadence_evidence)."""
+
+    category_id: str
+    window_start: int
+    window_end: int
+    window_ms: int
+    launches_window: int  # launches in this window
+    launches_recent: int  # launches in the last cadence_lookback_windows windows, this one included
+    launches_prior: int  # launches in the lookback before that
+    units: float  # units in this window
+    views: float
+    units_recent_mean: float  # mean units per window over the recent half-lookback
+    units_prior_mean: float | None  # ... over the half-lookback before it (None: not enough history)
+    demand_growth: float | None  # units_recent_mean / units_prior_mean
+    new_share: float | None  # share of the recent half's units taken by items launched within new_item_windows
+    new_units_recent: float
+    established_recent_mean: float
+    established_prior_mean: float | None
+    established_change: float | None  # established_recent_mean / established_prior_mean - 1
+    demand_slope: float | None  # the category's unit trend slope (units per window per window)
+    new_items_active: int
+    own_windows: int  # closed windows of the category's history
+    launches_settled: int = 0  # launches in the lookback at least cadence_settle_windows old
+
+
+def decide_category(ev: CategoryEvidence, memory: SignalMemory, model_version: str,
+                    th: Thresholds = Thresholds()) -> list[dict]:
+    """``accelerate_cadence`` / ``slow_cadence`` for one category's closed window (memory is updated).
+
+    * accelerate_cadence: at least ``cadence_min_launches`` launches in the lookback, units rising
+      (``demand_growth >= cadence_rise_growth`` and trend slope > 0), the new items taking at least
+      ``cadence_healthy_share`` of the recent units and the established items' units falling by at
+      most ``cadence_max_established_drop``: launches add demand, so the category can take more.
+    * slow_cadence: launches in the lookback at least as many as before and at least
+      ``cadence_min_launches``, units flat or falling (``demand_growth <= cadence_flat_growth``) and
+      either the new items take ``cadence_cannibal_share`` or more while established units fall by
+      ``cadence_cannibal_drop`` or more (cannibalisation), or launches settled for
+      ``cadence_settle_windows`` take under ``cadence_fail_share`` (the launches do not sell).
+
+    Nothing is judged before ``cadence_lookback_windows`` closed windows, or on thinner demand than
+    ``cadence_min_units`` units per window.
+    """
+    out: list[dict] = []
+    subject = {"category_id": ev.category_id}
+    judged = (ev.own_windows >= th.cadence_lookback_windows and ev.demand_growth is not None
+              and ev.new_share is not None and ev.units_recent_mean >= th.cadence_min_units
+              and ev.launches_recent >= th.cadence_min_launches)
+    g = ev.demand_growth or 0.0
+    share = ev.new_share or 0.0
+    est = ev.established_change
+    accelerate = (judged and g >= th.cadence_rise_growth and (ev.demand_slope is None or ev.demand_slope > 0)
+                  and share >= th.cadence_healthy_share and est is not None and est >= -th.cadence_max_established_drop)
+    flat = judged and ev.launches_recent >= ev.launches_prior and g <= th.cadence_flat_growth
+    cannibal = flat and share >= th.cadence_cannibal_share and est is not None and est <= -th.cadence_cannibal_drop
+    failing = (flat and not cannibal and ev.launches_settled >= th.cadence_min_launches
+               and share < th.cadence_fail_share)
+    evidence = {"launches_window": ev.launches_window, "launches_recent": ev.launches_recent,
+                "launches_prior": ev.launches_prior, "lookback_windows": th.cadence_lookback_windows,
+                "units": ev.units, "units_recent_mean": round(ev.units_recent_mean, 4),
+                "units_prior_mean": None if ev.units_prior_mean is None else round(ev.units_prior_mean, 4),
+                "demand_growth": None if ev.demand_growth is None else round(ev.demand_growth, 4),
+                "new_share": None if ev.new_share is None else round(ev.new_share, 4),
+                "established_change": None if est is None else round(est, 4),
+                "demand_slope": None if ev.demand_slope is None else round(ev.demand_slope, 4),
+                "new_items_active": ev.new_items_active}
+    lookback = f"the last {th.cadence_lookback_windows} windows"
+    if _gate(memory, "accelerate_cadence", "accelerate_cadence", accelerate, ev, th):
+        out.append(_sig(ev, "accelerate_cadence", 1 - 1 / g, "Launch new items in this category sooner",
+                        [f"{ev.launches_recent} launches in {lookback}",
+                         f"category units are rising: {ev.units_recent_mean:.1f} per window, {g:.2f}x the windows before",
+                         f"new items take {share:.0%} of the units",
+                         f"established items hold their demand ({est:+.0%})"],
+                        {**evidence, "cadence": "accelerate"}, model_version, subject))
+    if _gate(memory, "slow_cadence", "slow_cadence", cannibal or failing, ev, th):
+        if cannibal:
+            why = [f"new items take {share:.0%} of the units while established items lose {-est:.0%}: the launches cannibalise"]
+            score = -est
+        else:
+            why = [(f"{ev.launches_settled} launches settled for {th.cadence_settle_windows}+ windows take only "
+                    f"{share:.1%} of the units")]
+            score = 1 - share / th.cadence_fail_share
+        out.append(_sig(ev, "slow_cadence", score, "Slow the launch cadence in this category",
+                        [f"{ev.launches_recent} launches in {lookback} ({ev.launches_prior} in the {th.cadence_lookback_windows} before)",
+                         f"category units are {'flat' if g >= 0.95 else 'falling'}: {g:.2f}x the windows before"] + why,
+                        {**evidence, "cadence": "slow", "reason": "cannibalisation" if cannibal else "no_uptake"},
+                        model_version, subject))
+    return out
+
+
+# -- homogeneity_warning -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NeighbourhoodEvidence:
+    """An item's substitute neighbourhood (see :func:`neighbourhood_evidence`)."""
+
+    item_id: str
+    homogeneity: float  # associations.homogeneity: substitutes' share of the co-view + co-cart mass
+    substitutes: tuple  # associations.substitutes rows (dicts), strongest first
+    view_sessions: int  # sessions in which the item was viewed
+    cart_sessions: int
+
+
+def neighbourhood_evidence(assoc: ItemAssociations, item_orders: Mapping[str, int], n_orders: int,
+                           view_counts: Mapping[str, int], n_view_sessions: int,
+                           cart_counts: Mapping[str, int] | None = None, n_cart_sessions: int | None = None,
+                           th: Thresholds = Thresholds(), window="all", now_ms: int | None = None) -> NeighbourhoodEvidence:
+    """The substitute neighbourhood of the item whose ``assoc`` this is.
+
+    ``item_orders`` / ``n_orders``: baskets per item and in all (the worker's ``totals``);
+    ``view_counts`` / ``cart_counts``: sessions per item in which it was viewed / carted (every
+    item's ``assoc.n_view`` / ``assoc.n_cart``), ``n_view_sessions`` / ``n_cart_sessions``: sessions
+    with any view / cart (:class:`~.sessions.SessionTotals`).
+    """
+    kw = {"min_support_count": th.homogeneity_min_co_count, "window": window, "now_ms": now_ms}
+    subs = substitutes(assoc, item_orders, n_orders, view_counts, n_view_sessions, cart_counts, n_cart_sessions,
+                       limit=0, **kw)
+    h = homogeneity(assoc, item_orders, n_orders, view_counts, n_view_sessions, cart_counts, n_cart_sessions, **kw) \
+        if subs else 0.0
+    return NeighbourhoodEvidence(assoc.item_id, h, tuple(subs), assoc.count("view", window, now_ms),
+                                 assoc.count("cart", window, now_ms))
+
+
+def decide_homogeneity(ev: Evidence, nb: NeighbourhoodEvidence, memory: SignalMemory, model_version: str,
+                       th: Thresholds = Thresholds()) -> list[dict]:
+    """``homogeneity_warning`` for a new item whose substitute neighbourhood is crowded.
+
+    New: launched (or first seen) at most ``new_item_windows`` windows ago. Crowded: at least
+    ``homogeneity_min_substitutes`` substitutes (partners co-viewed or co-carted in at least
+    ``homogeneity_min_co_count`` sessions and above chance, co-bought at or below chance) and a
+    homogeneity (their share of the item's session co-occurrence mass) of at least
+    ``homogeneity_min_share``. The substitutes are the evidence. Same memory and conventions as
+    :func:`decide_item` (``ev`` is the item's closed-window evidence).
+    """
+    is_new = ev.age_windows is not None and ev.age_windows <= th.new_item_windows
+    subs = nb.substitutes
+    holds = is_new and len(subs) >= th.homogeneity_min_substitutes and nb.homogeneity >= th.homogeneity_min_share
+    if not _gate(memory, "homogeneity_warning", "homogeneity_warning", holds, ev, th):
+        return []
+    listed = subs[: th.homogeneity_max_listed]
+    names = ", ".join(r["item_id"] for r in listed)
+    rows = [{"item_id": r["item_id"], "co_view": r["co_view"], "co_cart": r["co_cart"],
+             "view_lift": None if r["view_lift"] is None else round(r["view_lift"], 4),
+             "cart_lift": None if r["cart_lift"] is None else round(r["cart_lift"], 4),
+             "co_count": r["co_count"], "purchase_lift": round(r["lift"], 4)} for r in listed]
+    return [_sig(ev, "homogeneity_warning", nb.homogeneity,
+                 "Differentiate this new item from the existing items shoppers compare it with",
+                 [f"new item ({ev.age_windows} windows since launch)",
+                  (f"{len(subs)} substitute{'s' if len(subs) != 1 else ''} ({names}): viewed in the same sessions "
+                   "far above chance but bought together at most by chance"),
+                  (f"{nb.homogeneity:.0%} of what shoppers look at alongside it is a substitute "
+                   f"(threshold {th.homogeneity_min_share:.0%})")],
+                 {"homogeneity": round(nb.homogeneity, 4), "substitutes": rows, "n_substitutes": len(subs),
+                  "view_sessions": nb.view_sessions, "cart_sessions": nb.cart_sessions,
+                  "age_windows": ev.age_windows}, model_version)]

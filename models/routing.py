@@ -83,3 +83,103 @@ def route_event(ev: Event) -> list[tuple[str, dict]]:
         return [(ev.item_id, {"k": "g", "id": f"catalog@{ev.ts_ms}", "t": ev.ts_ms, "i": ev.item_id, "c": ev.category_id,
                               "p": ev.price, "st": ev.status, "sk": ev.stock, "la": ev.launched_at_ms, "n": 1})]
     raise TypeError(f"not an event: {ev!r}")
+
+
+# -- opt-in extra records for the session and category owners ---------------------------------------
+# route_event above is what the worker sends today; the lead adds these records when the session and
+# category states are wired. They carry n=0: the item-keyed records already count every input event once.
+
+USER_KEY_PREFIX = "user:"
+CATEGORY_KEY_PREFIX = "category:"
+
+#: Short keys of the extra records (besides those of itemstate.RECORD_FIELDS).
+EXTRA_RECORD_FIELDS = {
+    "u": "user pseudonym (session records only; never leaves the worker, never in a signal)",
+    "s": "session pseudonym (clickstream)",
+    "L": "order lines of one order for this key: [[item_id, quantity], ...] sorted by item_id",
+}
+
+
+def route_session_records(ev: Event) -> list[tuple[str, dict]]:
+    """Records for the owner of the user pseudonym (``user:<user pseudonym>``): sessions and their labels.
+
+    Orders carry no session id, so a session's label ("this session ordered") needs the user's orders
+    next to the user's sessions: both are keyed by the user pseudonym. One record per clickstream event
+    (searches included) and one per order; catalog events give none.
+
+    >>> from launchpulse.schemas import ClickEvent, OrderEvent, OrderLine
+    >>> c = ClickEvent("e1", 1000, "u9", "s1", "view", "a", "c1", 2.5, None)
+    >>> route_session_records(c)
+    [('user:u9', {'k': 'c', 'id': 'e1', 't': 1000, 'i': 'a', 'c': 'c1', 'e': 'view', 'p': 2.5, 's': 's1', 'u': 'u9', 'n': 0})]
+    >>> o = OrderEvent("o1", 2000, "u9", (OrderLine("b", 1, 2.0, None), OrderLine("a", 2, 1.0, "c1")))
+    >>> route_session_records(o)
+    [('user:u9', {'k': 'o', 'id': 'o1', 't': 2000, 'u': 'u9', 'L': [['a', 2], ['b', 1]], 'n': 0})]
+    """
+    t = type(ev)
+    if t is ClickEvent:
+        return [(USER_KEY_PREFIX + ev.user_key, {"k": "c", "id": ev.event_id, "t": ev.ts_ms, "i": ev.item_id,
+                                                 "c": ev.category_id, "e": ev.event_type, "p": ev.price,
+                                                 "s": ev.session_key, "u": ev.user_key, "n": 0})]
+    if t is OrderEvent:
+        qty: dict[str, int] = {}
+        for line in ev.lines:
+            qty[line.item_id] = qty.get(line.item_id, 0) + line.quantity
+        return [(USER_KEY_PREFIX + ev.user_key, {"k": "o", "id": ev.order_id, "t": ev.ts_ms, "u": ev.user_key,
+                                                 "L": [[i, qty[i]] for i in sorted(qty)], "n": 0})]
+    if t is CatalogEvent:
+        return []
+    raise TypeError(f"not an event: {ev!r}")
+
+
+def route_category_records(ev: Event) -> list[tuple[str, dict]]:
+    """Records for the owner of a category (``category:<category_id>``): launches and category demand.
+
+    * catalog: one record (its ``launched_at`` and status make the category's launch calendar);
+    * clickstream with a ``category_id``: one record (views, carts of the category);
+    * order: one record per category among its lines, with that category's lines in ``L``; the
+      record id is the order id (the key is the category, so it stays unique per key).
+
+    Events without a category (a search, an order line without ``category_id``) give none: the category
+    owner cannot place them. (Enriching lines from the catalog at ingest would close that gap.)
+
+    >>> from launchpulse.schemas import CatalogEvent, OrderEvent, OrderLine
+    >>> o = OrderEvent("o1", 2000, "u9", (OrderLine("b", 1, 2.0, "c2"), OrderLine("a", 2, 1.0, "c1"),
+    ...                                   OrderLine("x", 1, 1.0, None), OrderLine("a", 1, 1.0, "c1")))
+    >>> [(k, r["L"]) for k, r in route_category_records(o)]
+    [('category:c1', [['a', 3]]), ('category:c2', [['b', 1]])]
+    >>> g = CatalogEvent("a", 500, "A", "c1", 3.0, "live", 400, 10)
+    >>> route_category_records(g)
+    [('category:c1', {'k': 'g', 'id': 'catalog:a@500', 't': 500, 'i': 'a', 'c': 'c1', 'st': 'live', 'la': 400, 'n': 0})]
+    """
+    t = type(ev)
+    if t is ClickEvent:
+        if ev.category_id is None or ev.item_id is None:
+            return []
+        return [(CATEGORY_KEY_PREFIX + ev.category_id, {"k": "c", "id": ev.event_id, "t": ev.ts_ms, "i": ev.item_id,
+                                                        "c": ev.category_id, "e": ev.event_type, "n": 0})]
+    if t is OrderEvent:
+        by_cat: dict[str, dict[str, int]] = {}
+        for line in ev.lines:
+            if line.category_id is None:
+                continue
+            lines = by_cat.setdefault(line.category_id, {})
+            lines[line.item_id] = lines.get(line.item_id, 0) + line.quantity
+        return [(CATEGORY_KEY_PREFIX + c, {"k": "o", "id": ev.order_id, "t": ev.ts_ms, "c": c,
+                                           "L": [[i, q] for i, q in sorted(by_cat[c].items())], "n": 0})
+                for c in sorted(by_cat)]
+    if t is CatalogEvent:
+        return [(CATEGORY_KEY_PREFIX + ev.category_id, {"k": "g", "id": f"catalog:{ev.item_id}@{ev.ts_ms}", "t": ev.ts_ms,
+                                                        "i": ev.item_id, "c": ev.category_id, "st": ev.status,
+                                                        "la": ev.launched_at_ms, "n": 0})]
+    raise TypeError(f"not an event: {ev!r}")
+
+
+def route_event_extended(ev: Event, sessions: bool = True, categories: bool = True) -> list[tuple[str, dict]]:
+    """:func:`route_event` plus, opt-in, the session and category records (keys never collide: items,
+    ``session:``, ``user:`` and ``category:`` prefixes)."""
+    out = route_event(ev)
+    if sessions:
+        out += route_session_records(ev)
+    if categories:
+        out += route_category_records(ev)
+    return out

@@ -1,0 +1,296 @@
+"""Per-category launch cadence: launches, demand and the new items' share of it, in event-time windows.
+
+One :class:`CategoryState` per ``category_id`` lives with the owner of the key
+``category:<category_id>`` (records from :func:`~.routing.route_category_records`: one per catalog
+record, per clickstream event with a category, per order and category). Windows are the items'
+(:class:`~.windows.WindowConfig`); records are deduplicated by id and refused once their window
+has closed, exactly as :class:`~.itemstate.ItemState` does.
+
+Per window it counts units, views and add-to-carts per item (the new/established split needs the
+item), and at close it reduces them to a :class:`CategoryWindow`:
+
+* ``launches``: distinct items whose catalog ``launched_at`` falls in the window (status not
+  ``planned``), from the launch calendar the catalog records build;
+* ``units`` / ``views`` / ``carts``: the category's demand;
+* ``new_units`` / ``new_views`` / ``new_carts``: the part of it taken by items launched in the last
+  ``new_windows`` windows (``launched_at`` in ``[window start - new_windows * size, window end)``).
+  The split is made when the window closes, with the launch calendar as it is then, so an item's
+  demand that arrives before its catalog record (within the grace) is still classed right.
+
+A :class:`~.trends.TrendModel` learns the category's units per closed window (silent windows are
+zeros, as for items). :func:`cadence_evidence` turns the latest closed windows into the
+:class:`~.decisions.CategoryEvidence` that :func:`~.decisions.decide_category` judges.
+
+**Bounds:** a window keeps at most ``max_items_per_window`` items (the rest are summed as
+established demand, ``overflow``), the launch calendar only items launched within the last
+``new_windows`` windows (at most ``max_calendar``, newest kept), ``history_windows`` closed
+windows, and dedupe ids for the open windows only.
+
+>>> cfg = WindowConfig(size_ms=1_000, grace_ms=0)
+>>> c = CategoryState("c1")
+>>> for rec in [{"k": "g", "id": "g1", "t": 100, "i": "new", "st": "live", "la": 100},
+...             {"k": "c", "id": "e1", "t": 200, "i": "new", "e": "view"},
+...             {"k": "c", "id": "e2", "t": 300, "i": "old", "e": "view"},
+...             {"k": "o", "id": "o1", "t": 400, "L": [["new", 2], ["old", 1]]},
+...             {"k": "o", "id": "o1", "t": 400, "L": [["new", 2], ["old", 1]]}]:
+...     _ = c.apply(rec, cfg)
+>>> [w] = c.close_windows(cfg, 1_000)
+>>> w.launches, w.units, w.new_units, w.views, w.new_views
+(1, 3.0, 2.0, 2.0, 1.0)
+>>> CategoryState.from_state(c.to_state()).to_state() == c.to_state()
+True
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .decisions import CategoryEvidence, Thresholds
+from .trends import TrendModel
+from .windows import WindowConfig
+
+STATE_VERSION = 1
+DEFAULT_THRESHOLDS = Thresholds()
+MAX_GAP_WINDOWS = 48  # a longer silent gap teaches the category's trend only its last this-many zero windows
+
+ACCEPTED, DUPLICATE, LATE = "accepted", "duplicate", "late"
+
+_CLICK = {"view": 1, "add_to_cart": 2}  # index into an item's [units, views, carts]
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryWindow:
+    """One closed window of a category."""
+
+    category_id: str
+    start_ms: int
+    end_ms: int
+    launches: int
+    units: float
+    views: float
+    carts: float
+    new_units: float
+    new_views: float
+    new_carts: float
+    new_items_active: int  # new items with any demand in the window
+    items_active: int
+
+    @property
+    def established_units(self) -> float:
+        return self.units - self.new_units
+
+    def to_list(self) -> list:
+        return [self.start_ms, self.launches, self.units, self.views, self.carts, self.new_units, self.new_views,
+                self.new_carts, self.new_items_active, self.items_active]
+
+    @classmethod
+    def from_list(cls, category_id: str, size_ms: int, v: list) -> CategoryWindow:
+        return cls(category_id, v[0], v[0] + size_ms, *v[1:])
+
+
+@dataclass(slots=True)
+class CategoryState:
+    category_id: str
+    new_windows: int = 14  # "new" = launched within this many windows (Thresholds.new_item_windows)
+    history_windows: int = 28  # closed windows kept for the cadence evidence
+    max_items_per_window: int = 5_000
+    max_calendar: int = 5_000
+    calendar: dict = field(default_factory=dict)  # item -> [launched_at ms, status, catalog ts]
+    windows: dict = field(default_factory=dict)  # open window start -> {item: [units, views, carts]}
+    overflow: dict = field(default_factory=dict)  # open window start -> [units, views, carts] beyond the cap
+    seen: dict = field(default_factory=dict)  # dedupe id -> ts (open windows only)
+    first_seen: int | None = None
+    closed_through: int | None = None
+    n_closed: int = 0
+    history: list = field(default_factory=list)  # closed CategoryWindow.to_list(), oldest first
+    trend: TrendModel = field(default_factory=TrendModel)
+    signal_memory: dict = field(default_factory=dict)  # SignalMemory.to_state() of the category's signals
+
+    # -- updates -------------------------------------------------------------------------
+    def apply(self, rec: Mapping, cfg: WindowConfig) -> str:
+        """Apply one record of :func:`~.routing.route_category_records`; ACCEPTED, DUPLICATE or LATE.
+
+        Catalog records are never late: the launch calendar is valid whenever it arrives (a launch
+        in a closed window is not counted in that window's ``launches``, but its item is new after it).
+        """
+        ts = rec["t"]
+        kind = rec["k"]
+        start = cfg.start_of(ts)
+        rid = rec["id"]
+        if kind == "g":
+            self._catalog(rec)
+            return ACCEPTED
+        if self.closed_through is not None and start <= self.closed_through:
+            return LATE
+        if rid in self.seen:
+            return DUPLICATE
+        self.seen[rid] = ts
+        if self.first_seen is None or ts < self.first_seen:
+            self.first_seen = ts
+        win = self.windows.get(start)
+        if win is None:
+            win = self.windows[start] = {}
+        if kind == "c":
+            j = _CLICK.get(rec.get("e"))
+            if j is not None and rec.get("i") is not None:
+                self._add(win, start, rec["i"], j, 1.0)
+        elif kind == "o":
+            for item, q in rec["L"]:
+                self._add(win, start, item, 0, float(q))
+        return ACCEPTED
+
+    def _add(self, win: dict, start: int, item: str, j: int, x: float) -> None:
+        row = win.get(item)
+        if row is None:
+            if len(win) >= self.max_items_per_window:
+                row = self.overflow.get(start)
+                if row is None:
+                    row = self.overflow[start] = [0.0, 0.0, 0.0]
+                row[j] += x
+                return
+            row = win[item] = [0.0, 0.0, 0.0]
+        row[j] += x
+
+    def _catalog(self, rec: Mapping) -> None:
+        item, la = rec.get("i"), rec.get("la")
+        if item is None:
+            return
+        cur = self.calendar.get(item)
+        if cur is not None and rec["t"] < cur[2]:
+            return  # an older catalog record: the newer one holds
+        if la is None:
+            if cur is not None:
+                cur[1], cur[2] = rec.get("st"), rec["t"]
+            return
+        self.calendar[item] = [la, rec.get("st"), rec["t"]]
+        if len(self.calendar) > self.max_calendar:
+            del self.calendar[min(self.calendar, key=lambda k: (self.calendar[k][0], k))]
+
+    def close_windows(self, cfg: WindowConfig, watermark_ms: int) -> list[CategoryWindow]:
+        """Close every window the watermark has passed, oldest first, teaching the trend its units."""
+        if self.first_seen is None:
+            return []
+        start = cfg.start_of(self.first_seen) if self.closed_through is None else self.closed_through + cfg.size_ms
+        last = cfg.start_of(watermark_ms - cfg.grace_ms) - cfg.size_ms
+        skip_to = last - MAX_GAP_WINDOWS * cfg.size_ms
+        if start < skip_to and not any(start <= s < skip_to for s in self.windows):
+            # A long silent gap: thousands of zero windows would teach the trend nothing more.
+            self.n_closed += (skip_to - start) // cfg.size_ms
+            start = skip_to
+        out = []
+        while cfg.closable(start, watermark_ms):
+            cw = self._reduce(start, cfg)
+            self.trend.learn_one(cw.units)
+            self.history.append(cw.to_list())
+            self.n_closed += 1
+            self.closed_through = start
+            out.append(cw)
+            start += cfg.size_ms
+        if out:
+            del self.history[: -self.history_windows]
+            self._prune(cfg)
+        return out
+
+    def is_new(self, item: str, window_start: int, cfg: WindowConfig) -> bool:
+        c = self.calendar.get(item)
+        if c is None or c[1] == "planned":
+            return False
+        return window_start - self.new_windows * cfg.size_ms <= c[0] < window_start + cfg.size_ms
+
+    def _reduce(self, start: int, cfg: WindowConfig) -> CategoryWindow:
+        win = self.windows.pop(start, {})
+        tot = list(self.overflow.pop(start, [0.0, 0.0, 0.0]))
+        new = [0.0, 0.0, 0.0]
+        n_new = 0
+        for item, row in win.items():
+            for j in range(3):
+                tot[j] += row[j]
+            if self.is_new(item, start, cfg):
+                n_new += 1
+                for j in range(3):
+                    new[j] += row[j]
+        launches = sum(1 for la, st, _t in self.calendar.values()
+                       if st != "planned" and start <= la < start + cfg.size_ms)
+        return CategoryWindow(self.category_id, start, start + cfg.size_ms, launches, tot[0], tot[1], tot[2],
+                              new[0], new[1], new[2], n_new, len(win))
+
+    def _prune(self, cfg: WindowConfig) -> None:
+        horizon = self.closed_through + cfg.size_ms
+        # An item launched before every window still open or to come can never be new again.
+        oldest_new = horizon - self.new_windows * cfg.size_ms
+        self.calendar = {k: v for k, v in self.calendar.items() if v[0] >= oldest_new}
+        if self.seen:
+            self.seen = {k: t for k, t in self.seen.items() if t >= horizon}
+
+    # -- views ---------------------------------------------------------------------------
+    def closed(self, cfg: WindowConfig) -> list[CategoryWindow]:
+        return [CategoryWindow.from_list(self.category_id, cfg.size_ms, v) for v in self.history]
+
+    # -- state ---------------------------------------------------------------------------
+    def to_state(self) -> dict:
+        return {"version": STATE_VERSION, "category_id": self.category_id, "new_windows": self.new_windows,
+                "history_windows": self.history_windows, "max_items_per_window": self.max_items_per_window,
+                "max_calendar": self.max_calendar, "calendar": self.calendar,
+                "windows": {str(k): v for k, v in self.windows.items()},
+                "overflow": {str(k): v for k, v in self.overflow.items()}, "seen": self.seen,
+                "first_seen": self.first_seen, "closed_through": self.closed_through, "n_closed": self.n_closed,
+                "history": self.history, "trend": self.trend.to_state(), "signal_memory": self.signal_memory}
+
+    @classmethod
+    def from_state(cls, d: Mapping) -> CategoryState:
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(f"category state version {d.get('version')!r} is not {STATE_VERSION}")
+        return cls(d["category_id"], d["new_windows"], d["history_windows"], d["max_items_per_window"],
+                   d["max_calendar"], {k: list(v) for k, v in d["calendar"].items()},
+                   {int(k): {i: list(r) for i, r in v.items()} for k, v in d["windows"].items()},
+                   {int(k): list(v) for k, v in d["overflow"].items()}, dict(d["seen"]), d["first_seen"],
+                   d["closed_through"], d["n_closed"], [list(v) for v in d["history"]],
+                   TrendModel.from_state(d["trend"]), dict(d["signal_memory"]))
+
+
+def cadence_evidence(state: CategoryState, cfg: WindowConfig, th: Thresholds = DEFAULT_THRESHOLDS) -> CategoryEvidence | None:
+    """The cadence decisions' view of the category's latest closed window (None before any).
+
+    With ``L = th.cadence_lookback_windows`` and ``h = L // 2``: launches are counted over the last
+    ``L`` windows (``launches_recent``) and the ``L`` before (``launches_prior``); demand compares
+    the mean units of the last ``h`` windows with the ``h`` before them (``demand_growth``,
+    None without enough history or with no prior demand); ``new_share`` is the new items' share of
+    the last ``h`` windows' units; ``established_change`` the relative change of the established
+    items' units between the two halves.
+    """
+    hist = state.closed(cfg)
+    if not hist:
+        return None
+    cur = hist[-1]
+    L = th.cadence_lookback_windows
+    h = max(1, L // 2)
+    size = cfg.size_ms
+    by_start = {w.start_ms: w for w in hist}
+
+    def span(lo: int, n: int) -> list[CategoryWindow]:
+        return [by_start[s] for s in range(lo, lo + n * size, size) if s in by_start]
+
+    recent = span(cur.start_ms - (h - 1) * size, h)
+    prior = span(cur.start_ms - (2 * h - 1) * size, h)
+    launches_recent = sum(w.launches for w in span(cur.start_ms - (L - 1) * size, L))
+    launches_prior = sum(w.launches for w in span(cur.start_ms - (2 * L - 1) * size, L))
+    settle = th.cadence_settle_windows
+    launches_settled = sum(w.launches for w in span(cur.start_ms - (L - 1) * size, max(0, L - settle)))
+    units_recent = sum(w.units for w in recent) / h
+    units_prior = sum(w.units for w in prior) / h if len(prior) == h else None
+    new_recent = sum(w.new_units for w in recent)
+    est_recent = sum(w.established_units for w in recent) / h
+    est_prior = sum(w.established_units for w in prior) / h if len(prior) == h else None
+    growth = units_recent / units_prior if units_prior else None
+    est_change = (est_recent / est_prior - 1.0) if est_prior else None
+    slope = state.trend.slope()
+    return CategoryEvidence(
+        category_id=state.category_id, window_start=cur.start_ms, window_end=cur.end_ms, window_ms=size,
+        launches_window=cur.launches, launches_recent=launches_recent, launches_prior=launches_prior,
+        units=cur.units, views=cur.views, units_recent_mean=units_recent, units_prior_mean=units_prior,
+        demand_growth=growth, new_share=(new_recent / (units_recent * h)) if units_recent > 0 else None,
+        new_units_recent=new_recent, established_recent_mean=est_recent, established_prior_mean=est_prior,
+        established_change=est_change, demand_slope=slope,
+        new_items_active=max((w.new_items_active for w in recent), default=0), own_windows=state.n_closed,
+        launches_settled=launches_settled,
+    )
