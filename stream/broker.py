@@ -35,19 +35,22 @@ def free_port() -> int:
 class EmbeddedBroker:
     """Starts Tansu (memory storage) bound to 127.0.0.1 only; data lives while it runs."""
 
-    def __init__(self, port: int = 9092, host: str = "127.0.0.1"):
+    def __init__(self, port: int = 9092, host: str = "127.0.0.1", advertised: str | None = None):
+        # advertised: "host:port" given to clients in metadata instead of the listener's own
+        # (a proxy in front of the broker, as the outage test uses); None: the listener's.
         self.host, self.port = host, port
+        self.advertised = advertised or f"{host}:{port}"
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"kafka://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 20.0, stdout=None) -> "EmbeddedBroker":
+    def start(self, timeout: float = 20.0, stdout=None) -> EmbeddedBroker:
         if port_open(self.host, self.port):
             raise BrokerError(f"port {self.port} on {self.host} is already in use; pick another with --port")
         cmd = [tansu_binary(), "broker", "--listener-url", f"tcp://{self.host}:{self.port}",
-               "--advertised-listener-url", f"tcp://{self.host}:{self.port}", "--storage-engine", "memory://tansu/"]
+               "--advertised-listener-url", f"tcp://{self.advertised}", "--storage-engine", "memory://tansu/"]
         self.proc = subprocess.Popen(cmd, stdout=stdout if stdout is not None else subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT if stdout is not None else subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
