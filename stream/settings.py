@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_BROKER = "kafka://127.0.0.1:9092"
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")  # user name and password mechanisms
 
 
 def _env(name: str, default: str) -> str:
@@ -108,12 +110,41 @@ class Settings:
             raise SystemExit(f"launchpulse: LAUNCHPULSE_SCORER must be 'model' or 'trend', not {self.scorer!r}")
         if not (0 < self.web_port < 65536):
             raise SystemExit(f"launchpulse: web port {self.web_port} is out of range")
+        self._check_security()
         if not self.pseudonym_key:
             # A per-process random key still pseudonymises; state written under it
             # cannot be linked across restarts, so production sets the variable.
             object.__setattr__(self, "pseudonym_key", secrets.token_bytes(32))
             object.__setattr__(self, "_ephemeral_key", True)
         return self
+
+    def _check_security(self) -> None:
+        """Refuse inconsistent Kafka security settings at start, with the variable to fix."""
+        proto = self.security_protocol
+        if proto not in SECURITY_PROTOCOLS:
+            raise SystemExit(f"launchpulse: LAUNCHPULSE_SECURITY_PROTOCOL={proto!r} must be one of "
+                             f"{', '.join(SECURITY_PROTOCOLS)}")
+        sasl_set = [name for name, v in (("LAUNCHPULSE_SASL_MECHANISM", self.sasl_mechanism),
+                                         ("LAUNCHPULSE_SASL_USERNAME", self.sasl_username),
+                                         ("LAUNCHPULSE_SASL_PASSWORD", self.sasl_password)) if v]
+        if proto.startswith("SASL_"):
+            mech = self.sasl_mechanism or "PLAIN"
+            if mech not in SASL_MECHANISMS:
+                raise SystemExit(f"launchpulse: LAUNCHPULSE_SASL_MECHANISM={mech!r} must be one of "
+                                 f"{', '.join(SASL_MECHANISMS)}")
+            missing = [n for n, v in (("LAUNCHPULSE_SASL_USERNAME", self.sasl_username),
+                                      ("LAUNCHPULSE_SASL_PASSWORD", self.sasl_password)) if not v]
+            if missing:
+                raise SystemExit(f"launchpulse: LAUNCHPULSE_SECURITY_PROTOCOL={proto} needs {' and '.join(missing)}")
+        elif sasl_set:
+            raise SystemExit(f"launchpulse: {', '.join(sasl_set)} set but LAUNCHPULSE_SECURITY_PROTOCOL={proto}: "
+                             "use SASL_PLAINTEXT or SASL_SSL, or unset them")
+        if self.ssl_cafile:
+            if not proto.endswith("SSL"):
+                raise SystemExit(f"launchpulse: LAUNCHPULSE_SSL_CAFILE set but LAUNCHPULSE_SECURITY_PROTOCOL={proto}: "
+                                 "use SSL or SASL_SSL, or unset it")
+            if not os.path.isfile(self.ssl_cafile):
+                raise SystemExit(f"launchpulse: LAUNCHPULSE_SSL_CAFILE={self.ssl_cafile!r} is not a readable file")
 
     @property
     def ephemeral_key(self) -> bool:
