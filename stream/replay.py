@@ -104,17 +104,19 @@ async def replay(settings: Settings, events: Iterable[dict], rate: float | None 
             batch_ = inflight[:]
             inflight.clear()
             await asyncio.gather(*(f for f, *_ in batch_), return_exceptions=True)
-            for fut, topic, value, attempt in batch_:
-                e = fut.exception()
-                if e is None:
-                    continue
-                if attempt >= retries:
-                    raise ReplayError(f"giving up on a message to {topic} after {attempt + 1} deliveries: {e}")
-                retried += 1
-                messages -= 1  # counted again when resent
-                print(f"launchpulse replay: delivery failed ({type(e).__name__}: {e}); sending again "
-                      f"(retry {attempt + 1})", file=sys.stderr)
-                await asyncio.sleep(min(5.0, 0.5 * 2 ** attempt))
+            failed = [(fut.exception(), topic, value, attempt) for fut, topic, value, attempt in batch_
+                      if fut.exception() is not None]
+            if not failed:
+                continue
+            e, topic, _, attempt = max(failed, key=lambda x: x[3])
+            if attempt >= retries:
+                raise ReplayError(f"giving up on a message to {topic} after {attempt + 1} deliveries: {e}")
+            retried += len(failed)
+            messages -= len(failed)  # counted again when resent
+            print(f"launchpulse replay: {len(failed)} deliveries failed ({type(e).__name__}: {e}); sending them "
+                  f"again (retry {attempt + 1})", file=sys.stderr)
+            await asyncio.sleep(min(5.0, 0.5 * 2 ** attempt))
+            for _, topic, value, attempt in failed:
                 await send(topic, value, attempt + 1)
 
     stall_since: float | None = None

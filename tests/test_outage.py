@@ -179,3 +179,54 @@ def test_worker_and_replay_ride_out_a_30s_broker_outage(deployment, proxied_brok
         exp = pair.get(item, {})
         assert rows == {p: c for p, c in exp.items() if p in rows}, item
         assert not [p for p, c in exp.items() if c >= 10 and p not in rows], item  # the view omits co_count < 10
+
+
+def test_replay_resends_what_the_outage_made_fail(proxied_broker, monkeypatch):
+    """A delivery that still fails (outage longer than the producer's delivery timeout) is sent again, not lost."""
+    import launchpulse.stream.replay as replay_mod
+    from aiokafka import AIOKafkaConsumer
+    from launchpulse.stream.settings import Settings
+
+    proxy, url = proxied_broker
+    prefix = f"resend{int(time.time() * 1000) % 10**8}-"
+    monkeypatch.setenv("LAUNCHPULSE_TOPIC_PREFIX", prefix)
+    s = Settings.from_env(broker=url)
+    asyncio.run(ensure_topics(s))
+    monkeypatch.setattr(replay_mod, "DELIVERY_TIMEOUT_MS", 3000)  # expire batches within the outage
+    events = [{"kind": "clickstream", "event_id": f"e{i}", "ts": 1760022840000 + i, "user_id": "u", "session_id": "s",
+               "event_type": "view", "item_id": str(i % 50)} for i in range(2000)]
+
+    def outage():
+        time.sleep(1.0)
+        proxy.outage_begin()
+        time.sleep(8.0)
+        proxy.outage_end()
+
+    t = threading.Thread(target=outage)
+    t.start()
+    try:
+        report = asyncio.run(replay_mod.replay(s, events, rate=500.0, progress=False))
+    finally:
+        t.join()
+        if not proxy.up:
+            proxy.outage_end()
+    assert report["events"] == 2000 and report["retried"] > 0, report
+
+    async def read_ids():
+        c = AIOKafkaConsumer(s.topic_clickstream, bootstrap_servers=s.bootstrap_servers, auto_offset_reset="earliest",
+                             enable_auto_commit=False)
+        await c.start()
+        ids = Counter()
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len(ids) < 2000:
+                for recs in (await c.getmany(timeout_ms=500)).values():
+                    ids.update(orjson.loads(r.value)["event_id"] for r in recs)
+        finally:
+            await c.stop()
+        return ids
+
+    ids = asyncio.run(read_ids())
+    missing = [e["event_id"] for e in events if e["event_id"] not in ids]
+    assert not missing, (len(missing), missing[:5], report)
+    print("resend summary:", json.dumps(report), "copies beyond one:", sum(ids.values()) - len(ids))
