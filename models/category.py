@@ -21,10 +21,15 @@ A :class:`~.trends.TrendModel` learns the category's units per closed window (si
 zeros, as for items). :func:`cadence_evidence` turns the latest closed windows into the
 :class:`~.decisions.CategoryEvidence` that :func:`~.decisions.decide_category` judges.
 
+Each closed window also keeps its units per launch cohort (launch window) of the items launched
+within the calendar horizon, so that the evidence can compare the same established items across
+windows.
+
 **Bounds:** a window keeps at most ``max_items_per_window`` items (the rest are summed as
 established demand, ``overflow``), the launch calendar only items launched within the last
-``new_windows`` windows (at most ``max_calendar``, newest kept), ``history_windows`` closed
-windows, and dedupe ids for the open windows only.
+``new_windows + history_windows`` windows (at most ``max_calendar``, newest kept),
+``history_windows`` closed windows (each with at most that many cohorts), and dedupe ids for the
+open windows only.
 
 >>> cfg = WindowConfig(size_ms=1_000, grace_ms=0)
 >>> c = CategoryState("c1")
@@ -42,6 +47,7 @@ True
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -74,6 +80,7 @@ class CategoryWindow:
     new_carts: float
     new_items_active: int  # new items with any demand in the window
     items_active: int
+    cohorts: tuple = ()  # (launch window start, units) of the items launched within the calendar horizon
 
     @property
     def established_units(self) -> float:
@@ -81,11 +88,15 @@ class CategoryWindow:
 
     def to_list(self) -> list:
         return [self.start_ms, self.launches, self.units, self.views, self.carts, self.new_units, self.new_views,
-                self.new_carts, self.new_items_active, self.items_active]
+                self.new_carts, self.new_items_active, self.items_active, [list(c) for c in self.cohorts]]
 
     @classmethod
     def from_list(cls, category_id: str, size_ms: int, v: list) -> CategoryWindow:
-        return cls(category_id, v[0], v[0] + size_ms, *v[1:])
+        return cls(category_id, v[0], v[0] + size_ms, *v[1:10], tuple(tuple(c) for c in v[10]))
+
+    def units_launched_since(self, since_ms: int) -> float:
+        """Units of the items launched at or after ``since_ms`` (a window start)."""
+        return sum(u for lw, u in self.cohorts if lw >= since_ms)
 
 
 @dataclass(slots=True)
@@ -197,14 +208,24 @@ class CategoryState:
             return False
         return window_start - self.new_windows * cfg.size_ms <= c[0] < window_start + cfg.size_ms
 
+    def calendar_windows(self) -> int:
+        """Launches are remembered this many windows: new items, and cohorts for the evidence's history."""
+        return self.new_windows + self.history_windows
+
     def _reduce(self, start: int, cfg: WindowConfig) -> CategoryWindow:
         win = self.windows.pop(start, {})
         tot = list(self.overflow.pop(start, [0.0, 0.0, 0.0]))
         new = [0.0, 0.0, 0.0]
         n_new = 0
+        cohorts: dict[int, float] = {}
+        oldest = start - self.calendar_windows() * cfg.size_ms
         for item, row in win.items():
             for j in range(3):
                 tot[j] += row[j]
+            c = self.calendar.get(item)
+            if c is not None and c[1] != "planned" and oldest <= c[0] < start + cfg.size_ms:
+                lw = cfg.start_of(c[0])
+                cohorts[lw] = cohorts.get(lw, 0.0) + row[0]
             if self.is_new(item, start, cfg):
                 n_new += 1
                 for j in range(3):
@@ -212,13 +233,14 @@ class CategoryState:
         launches = sum(1 for la, st, _t in self.calendar.values()
                        if st != "planned" and start <= la < start + cfg.size_ms)
         return CategoryWindow(self.category_id, start, start + cfg.size_ms, launches, tot[0], tot[1], tot[2],
-                              new[0], new[1], new[2], n_new, len(win))
+                              new[0], new[1], new[2], n_new, len(win), tuple(sorted(cohorts.items())))
 
     def _prune(self, cfg: WindowConfig) -> None:
         horizon = self.closed_through + cfg.size_ms
-        # An item launched before every window still open or to come can never be new again.
-        oldest_new = horizon - self.new_windows * cfg.size_ms
-        self.calendar = {k: v for k, v in self.calendar.items() if v[0] >= oldest_new}
+        # An item launched before every window still open or to come is no longer new, nor in a cohort
+        # the evidence still compares.
+        oldest = horizon - self.calendar_windows() * cfg.size_ms
+        self.calendar = {k: v for k, v in self.calendar.items() if v[0] >= oldest}
         if self.seen:
             self.seen = {k: t for k, t in self.seen.items() if t >= horizon}
 
@@ -248,17 +270,23 @@ class CategoryState:
                    TrendModel.from_state(d["trend"]), dict(d["signal_memory"]))
 
 
-def cadence_evidence(state: CategoryState, cfg: WindowConfig, th: Thresholds = DEFAULT_THRESHOLDS) -> CategoryEvidence | None:
-    """The cadence decisions' view of the category's latest closed window (None before any).
+def cadence_evidence(state: CategoryState, cfg: WindowConfig, th: Thresholds = DEFAULT_THRESHOLDS,
+                     window_start: int | None = None) -> CategoryEvidence | None:
+    """The cadence decisions' view of the category's latest closed window, or of the closed window
+    starting at ``window_start`` when several closed at once (None before any).
 
     With ``L = th.cadence_lookback_windows`` and ``h = L // 2``: launches are counted over the last
     ``L`` windows (``launches_recent``) and the ``L`` before (``launches_prior``); demand compares
     the mean units of the last ``h`` windows with the ``h`` before them (``demand_growth``,
-    None without enough history or with no prior demand); ``new_share`` is the new items' share of
-    the last ``h`` windows' units; ``established_change`` the relative change of the established
-    items' units between the two halves.
+    None without enough history or with no prior demand); ``new_share`` is the share of the last ``h``
+    windows' units taken by the items new at this window (launched within ``state.new_windows``);
+    ``established_change`` the relative change, between the two halves, of the units of the items
+    that are established at this window (the same items in both halves).
     """
     hist = state.closed(cfg)
+    hist_len = len(hist)
+    if window_start is not None:
+        hist = [w for w in hist if w.start_ms <= window_start]
     if not hist:
         return None
     cur = hist[-1]
@@ -278,10 +306,25 @@ def cadence_evidence(state: CategoryState, cfg: WindowConfig, th: Thresholds = D
     launches_settled = sum(w.launches for w in span(cur.start_ms - (L - 1) * size, max(0, L - settle)))
     units_recent = sum(w.units for w in recent) / h
     units_prior = sum(w.units for w in prior) / h if len(prior) == h else None
-    new_recent = sum(w.new_units for w in recent)
-    est_recent = sum(w.established_units for w in recent) / h
-    est_prior = sum(w.established_units for w in prior) / h if len(prior) == h else None
+    # New and established as of this window, for both halves: the same items are compared (an item that
+    # stops being new between the halves must not look like established demand appearing).
+    new_from = cur.start_ms - state.new_windows * size
+    new_recent = sum(w.units_launched_since(new_from) for w in recent)
+    est_recent = units_recent - new_recent / h
+    est_prior = (units_prior - sum(w.units_launched_since(new_from) for w in prior) / h) if units_prior is not None else None
     growth = units_recent / units_prior if units_prior else None
+    new_gain = ratio = loss_sd = gain_sd = None
+    if units_prior is not None:
+        new_gain = new_recent / h - sum(w.units_launched_since(new_from) for w in prior) / h
+        if new_gain > 0:
+            ratio = (est_prior - est_recent) / new_gain
+        # Noise of the established items' loss and of the new items' gain (differences of two h-window
+        # means), so a thin or bursty category is not taken for cannibalised (or unharmed) on noise.
+        est_r = [w.units - w.units_launched_since(new_from) for w in recent]
+        est_p = [w.units - w.units_launched_since(new_from) for w in prior]
+        loss_sd = _diff_sd(est_r, est_p)
+        gain_sd = _diff_sd([w.units_launched_since(new_from) for w in recent],
+                           [w.units_launched_since(new_from) for w in prior])
     est_change = (est_recent / est_prior - 1.0) if est_prior else None
     slope = state.trend.slope()
     return CategoryEvidence(
@@ -290,7 +333,26 @@ def cadence_evidence(state: CategoryState, cfg: WindowConfig, th: Thresholds = D
         units=cur.units, views=cur.views, units_recent_mean=units_recent, units_prior_mean=units_prior,
         demand_growth=growth, new_share=(new_recent / (units_recent * h)) if units_recent > 0 else None,
         new_units_recent=new_recent, established_recent_mean=est_recent, established_prior_mean=est_prior,
-        established_change=est_change, demand_slope=slope,
-        new_items_active=max((w.new_items_active for w in recent), default=0), own_windows=state.n_closed,
+        established_change=est_change, new_gain=new_gain, cannibal_ratio=ratio, established_loss_sd=loss_sd,
+        new_gain_sd=gain_sd, demand_slope=slope,
+        new_items_active=max((w.new_items_active for w in recent), default=0),
+        own_windows=state.n_closed - (hist_len - len(hist)),
         launches_settled=launches_settled,
     )
+
+
+def _diff_sd(recent: list, prior: list) -> float:
+    """Standard error of mean(recent) - mean(prior) for per-window unit counts: the larger of the windows'
+    own spread and Poisson's (units are counts)."""
+    n = len(recent)
+    spread = (_var(recent) + _var(prior)) / n
+    poisson = (sum(recent) + sum(prior)) / (n * n)
+    return math.sqrt(max(spread, poisson))
+
+
+def _var(xs: list) -> float:
+    """Sample variance (0 for fewer than two values)."""
+    if len(xs) < 2:
+        return 0.0
+    m = sum(xs) / len(xs)
+    return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)

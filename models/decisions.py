@@ -42,9 +42,10 @@ class Thresholds:
     cadence_rise_growth: float = 1.15  # "rising": recent-half units >= this x the half before (and trend slope > 0)
     cadence_flat_growth: float = 1.05  # "flat or falling": recent-half units <= this x the half before
     cadence_healthy_share: float = 0.10  # accelerate: new items take at least this share of recent units ...
-    cadence_max_established_drop: float = 0.10  # ... while established items' units fall by at most this
+    cadence_max_cannibal_ratio: float = 0.3  # ... and established items lost at most this x the new items' gain
     cadence_cannibal_share: float = 0.10  # slow: new items take at least this share of flat demand ...
-    cadence_cannibal_drop: float = 0.05  # ... and established items' units fall by at least this
+    cadence_min_cannibal_ratio: float = 0.7  # ... and established items lost at least this x the new items' gain
+    cadence_ratio_z: float = 1.5  # the cannibal-ratio tests must pass by this many standard errors
     cadence_fail_share: float = 0.02  # slow: launches settled for cadence_settle_windows take under this share
     cadence_settle_windows: int = 3  # a launch younger than this is not yet expected to take any share
     # -- homogeneity_warning (decide_homogeneity; evidence from neighbourhood_evidence) -----------
@@ -53,6 +54,10 @@ class Thresholds:
     homogeneity_min_co_count: int = 10  # sessions holding both items before a partner can count as a substitute
     homogeneity_max_listed: int = 5  # substitutes listed in the evidence
 
+
+#: model_version of the rule-only signals (no learnt model behind them); bump when a rule changes.
+CADENCE_MODEL_VERSION = "cadence-rules-v1"
+HOMOGENEITY_MODEL_VERSION = "homogeneity-rules-v1"
 
 OPPOSITES = {"restock_risk": "overstock_risk", "overstock_risk": "restock_risk",
              "accelerate_cadence": "slow_cadence", "slow_cadence": "accelerate_cadence"}
@@ -269,24 +274,45 @@ class CategoryEvidence:
     established_recent_mean: float
     established_prior_mean: float | None
     established_change: float | None  # established_recent_mean / established_prior_mean - 1
+    new_gain: float | None  # new items' mean units, recent half minus the half before (same items)
+    cannibal_ratio: float | None  # established items' loss / new_gain (None unless new_gain > 0)
     demand_slope: float | None  # the category's unit trend slope (units per window per window)
     new_items_active: int
     own_windows: int  # closed windows of the category's history
     launches_settled: int = 0  # launches in the lookback at least cadence_settle_windows old
+    established_loss_sd: float | None = None  # standard error of the established items' loss (units per window)
+    new_gain_sd: float | None = None  # standard error of new_gain
+
+
+def _ratio_beyond(ev: CategoryEvidence, r: float, z: float, below: bool) -> bool:
+    """Is the established items' loss significantly below (``below``) / above ``r`` x the new items' gain?"""
+    if ev.new_gain is None or ev.new_gain <= 0 or ev.cannibal_ratio is None:
+        return False
+    loss = ev.cannibal_ratio * ev.new_gain
+    margin = r * ev.new_gain - loss if below else loss - r * ev.new_gain
+    sd = math.hypot(ev.established_loss_sd or 0.0, r * (ev.new_gain_sd or 0.0))
+    return margin >= z * sd if sd > 0 else margin >= 0
 
 
 def decide_category(ev: CategoryEvidence, memory: SignalMemory, model_version: str,
                     th: Thresholds = Thresholds()) -> list[dict]:
     """``accelerate_cadence`` / ``slow_cadence`` for one category's closed window (memory is updated).
 
+    Cannibalisation is measured as ``cannibal_ratio``: what the established items lost between the
+    two half-lookbacks over what the new items gained (1: every unit the launches sell is taken from
+    the established items; 0: all of it is new demand). "At least r" / "at most r" below are
+    significance tests: ``loss - r * gain`` must be beyond 0 by ``cadence_ratio_z`` standard errors
+    (from ``established_loss_sd`` and ``new_gain_sd``), so a noisy week proves neither
+    cannibalisation nor its absence.
+
     * accelerate_cadence: at least ``cadence_min_launches`` launches in the lookback, units rising
       (``demand_growth >= cadence_rise_growth`` and trend slope > 0), the new items taking at least
-      ``cadence_healthy_share`` of the recent units and the established items' units falling by at
-      most ``cadence_max_established_drop``: launches add demand, so the category can take more.
+      ``cadence_healthy_share`` of the recent units with a ``cannibal_ratio`` of at most
+      ``cadence_max_cannibal_ratio``: launches add demand, so the category can take more.
     * slow_cadence: launches in the lookback at least as many as before and at least
       ``cadence_min_launches``, units flat or falling (``demand_growth <= cadence_flat_growth``) and
-      either the new items take ``cadence_cannibal_share`` or more while established units fall by
-      ``cadence_cannibal_drop`` or more (cannibalisation), or launches settled for
+      either the new items take ``cadence_cannibal_share`` or more with a ``cannibal_ratio`` of at
+      least ``cadence_min_cannibal_ratio`` (cannibalisation), or launches settled for
       ``cadence_settle_windows`` take under ``cadence_fail_share`` (the launches do not sell).
 
     Nothing is judged before ``cadence_lookback_windows`` closed windows, or on thinner demand than
@@ -300,10 +326,13 @@ def decide_category(ev: CategoryEvidence, memory: SignalMemory, model_version: s
     g = ev.demand_growth or 0.0
     share = ev.new_share or 0.0
     est = ev.established_change
+    ratio = ev.cannibal_ratio
+    held = _ratio_beyond(ev, th.cadence_max_cannibal_ratio, th.cadence_ratio_z, below=True)
+    taken = _ratio_beyond(ev, th.cadence_min_cannibal_ratio, th.cadence_ratio_z, below=False)
     accelerate = (judged and g >= th.cadence_rise_growth and (ev.demand_slope is None or ev.demand_slope > 0)
-                  and share >= th.cadence_healthy_share and est is not None and est >= -th.cadence_max_established_drop)
+                  and share >= th.cadence_healthy_share and held)
     flat = judged and ev.launches_recent >= ev.launches_prior and g <= th.cadence_flat_growth
-    cannibal = flat and share >= th.cadence_cannibal_share and est is not None and est <= -th.cadence_cannibal_drop
+    cannibal = flat and share >= th.cadence_cannibal_share and taken
     failing = (flat and not cannibal and ev.launches_settled >= th.cadence_min_launches
                and share < th.cadence_fail_share)
     evidence = {"launches_window": ev.launches_window, "launches_recent": ev.launches_recent,
@@ -313,6 +342,10 @@ def decide_category(ev: CategoryEvidence, memory: SignalMemory, model_version: s
                 "demand_growth": None if ev.demand_growth is None else round(ev.demand_growth, 4),
                 "new_share": None if ev.new_share is None else round(ev.new_share, 4),
                 "established_change": None if est is None else round(est, 4),
+                "new_gain": None if ev.new_gain is None else round(ev.new_gain, 4),
+                "cannibal_ratio": None if ratio is None else round(ratio, 4),
+                "new_gain_sd": None if ev.new_gain_sd is None else round(ev.new_gain_sd, 4),
+                "established_loss_sd": None if ev.established_loss_sd is None else round(ev.established_loss_sd, 4),
                 "demand_slope": None if ev.demand_slope is None else round(ev.demand_slope, 4),
                 "new_items_active": ev.new_items_active}
     lookback = f"the last {th.cadence_lookback_windows} windows"
@@ -321,12 +354,14 @@ def decide_category(ev: CategoryEvidence, memory: SignalMemory, model_version: s
                         [f"{ev.launches_recent} launches in {lookback}",
                          f"category units are rising: {ev.units_recent_mean:.1f} per window, {g:.2f}x the windows before",
                          f"new items take {share:.0%} of the units",
-                         f"established items hold their demand ({est:+.0%})"],
+                         (f"established items hold their demand ({est:+.0%}; they lost {max(0.0, ratio):.0%} of what "
+                          "the new items gained)")],
                         {**evidence, "cadence": "accelerate"}, model_version, subject))
     if _gate(memory, "slow_cadence", "slow_cadence", cannibal or failing, ev, th):
         if cannibal:
-            why = [f"new items take {share:.0%} of the units while established items lose {-est:.0%}: the launches cannibalise"]
-            score = -est
+            why = [(f"new items take {share:.0%} of the units while established items lose {-est:.0%}, "
+                    f"{ratio:.0%} of what the new items gained: the launches cannibalise")]
+            score = min(1.0, ratio)
         else:
             why = [(f"{ev.launches_settled} launches settled for {th.cadence_settle_windows}+ windows take only "
                     f"{share:.1%} of the units")]

@@ -47,7 +47,6 @@ True
 """
 from __future__ import annotations
 
-import hashlib
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -70,13 +69,12 @@ class SessionConfig:
     max_events: int = 2_000  # event ids kept per session (dedupe); later events are dropped
     max_open_sessions: int = 16  # per user; one more force-closes the stalest
     max_orders: int = 64  # recent orders kept per user for the labels
-    max_closed_memory: int = 64  # closed session keys remembered per user (late events are refused)
-    max_recent_ends: int = 8  # end times of closed sessions kept for the recency feature
+    max_recent_ends: int = 8  # end times of closed sessions kept for the recency feature ...
+    recency_horizon_ms: int = 7 * 86_400_000  # ... for this long: a user silent longer is forgotten (recency None)
 
     def __post_init__(self):
-        if self.gap_ms <= 0 or self.grace_ms < 0 or min(self.max_items, self.max_events, self.max_open_sessions,
-                                                         self.max_orders, self.max_closed_memory,
-                                                         self.max_recent_ends) < 1:
+        if self.gap_ms <= 0 or self.grace_ms < 0 or self.recency_horizon_ms < 0 or min(self.max_items, self.max_events, self.max_open_sessions,
+                                                         self.max_orders, self.max_recent_ends) < 1:
             raise ValueError("gap must be > 0, grace >= 0 and every cap >= 1")
 
     def close_at(self, last_ts: int) -> int:
@@ -207,7 +205,7 @@ class SessionSummary:
 
     def record_id(self) -> str:
         """Deterministic id of this session's item records (the same close gives the same id)."""
-        return "s:" + hashlib.sha256(f"{self.session_key}|{self.start_ms}".encode()).hexdigest()[:24]
+        return f"s:{self.session_key}@{self.start_ms}"
 
     def item_records(self, propensity: float | None = None) -> list[tuple[str, dict]]:
         """(item key, record) per item the session touched, for that item's owner.
@@ -242,13 +240,12 @@ def learn_session_record(assoc: ItemAssociations, rec: Mapping) -> None:
 class UserSessions:
     """All open sessions of one user pseudonym, the user's recent orders, and closing by watermark."""
 
-    __slots__ = ("closed", "ends", "orders", "sessions", "user_key", "watermark")
+    __slots__ = ("ends", "orders", "sessions", "user_key", "watermark")
 
     def __init__(self, user_key: str):
         self.user_key = user_key
         self.sessions: dict[str, SessionState] = {}
         self.orders: dict[str, int] = {}  # order id -> ts (recent ones, for labels and dedupe)
-        self.closed: dict[str, int] = {}  # closed session key -> its close watermark (late events refused)
         self.ends: list[int] = []  # last-event times of recently closed sessions (recency)
         self.watermark: int | None = None  # the latest watermark close() saw
 
@@ -265,10 +262,10 @@ class UserSessions:
                 del self.orders[min(self.orders, key=lambda k: (self.orders[k], k))]
             return ACCEPTED
         key = rec["s"]
-        if key in self.closed:
-            return LATE
         st = self.sessions.get(key)
         if st is None:
+            # An event of a session already closed is older than the watermark allows (the session closed
+            # once the watermark passed its end + grace): refused here as upstream, never reopened.
             if self.watermark is not None and ts < self.watermark - cfg.grace_ms:
                 return LATE
             st = self.sessions[key] = SessionState(key)
@@ -276,55 +273,71 @@ class UserSessions:
 
     def next_close_ms(self, cfg: SessionConfig) -> int | None:
         """The watermark at which the next open session closes (None: none open)."""
-        return min((cfg.close_at(s.last_ts) for s in self.sessions.values() if s.last_ts is not None), default=None)
+        if not self.sessions:
+            return None
+        return min(s.last_ts for s in self.sessions.values()) + cfg.gap_ms + cfg.grace_ms
+
+    def next_due_ms(self, cfg: SessionConfig) -> int | None:
+        """The watermark at which this user's state must be visited next: the next session close, else
+        the moment its remembered orders and session ends can all be pruned (then :meth:`is_empty`).
+        None: nothing left (the key can be deleted). Push it into a :class:`DueIndex`."""
+        if self.sessions:
+            return self.next_close_ms(cfg)
+        due = [max(self.orders.values()) + cfg.gap_ms + cfg.grace_ms + 1] if self.orders else []
+        if self.ends:
+            due.append(self.ends[-1] + cfg.recency_horizon_ms + 1)
+        return max(due) if due else None
 
     def close(self, watermark_ms: int, cfg: SessionConfig) -> list[SessionSummary]:
         """Close every session the watermark has passed (oldest first) and the stalest beyond the cap."""
         if self.watermark is None or watermark_ms > self.watermark:
             self.watermark = watermark_ms
-        due = [s for s in self.sessions.values() if s.last_ts is None or cfg.close_at(s.last_ts) <= watermark_ms]
-        forced = []
-        if len(self.sessions) - len(due) > cfg.max_open_sessions:
-            rest = sorted((s for s in self.sessions.values() if s not in due), key=lambda s: (s.last_ts, s.session_key))
-            forced = rest[: len(rest) - cfg.max_open_sessions]
-        out = [self._summarise(s, cfg, False) for s in sorted(due, key=lambda s: (s.last_ts or 0, s.session_key))]
-        out += [self._summarise(s, cfg, True) for s in forced]
-        self._prune(watermark_ms, cfg)
-        return [s for s in out if s is not None]
+        limit = watermark_ms - cfg.gap_ms - cfg.grace_ms  # sessions whose last event is at most this close
+        sessions = self.sessions
+        due = [s for s in sessions.values() if s.last_ts <= limit]
+        out = []
+        if due:
+            due.sort(key=lambda s: (s.last_ts, s.session_key))
+            out = [self._summarise(s, cfg, False) for s in due]
+        if len(sessions) > cfg.max_open_sessions:
+            rest = sorted(sessions.values(), key=lambda s: (s.last_ts, s.session_key))
+            out += [self._summarise(s, cfg, True) for s in rest[: len(rest) - cfg.max_open_sessions]]
+        if self.orders or self.ends:
+            self._prune(watermark_ms, cfg)
+        return out
 
-    def _summarise(self, s: SessionState, cfg: SessionConfig, forced: bool) -> SessionSummary | None:
+    def _summarise(self, s: SessionState, cfg: SessionConfig, forced: bool) -> SessionSummary:
         del self.sessions[s.session_key]
-        self.closed[s.session_key] = cfg.close_at(s.last_ts) if s.last_ts is not None else 0
-        if s.first_ts is None:
-            return None
         hi = s.last_ts + cfg.gap_ms
-        ordered = any(s.first_ts <= t <= hi for t in self.orders.values())
-        before = [e for e in self.ends if e < s.first_ts]
-        before += [o.last_ts for o in self.sessions.values() if o.last_ts is not None and o.last_ts < s.first_ts]
-        recency = (s.first_ts - max(before)) / 1000.0 if before else None
-        self.ends.append(s.last_ts)
-        self.ends.sort()
-        del self.ends[: -cfg.max_recent_ends]
+        first = s.first_ts
+        ordered = any(first <= t <= hi for t in self.orders.values()) if self.orders else False
+        prev = max((e for e in self.ends if e < first), default=None)
+        for o in self.sessions.values():
+            if o.last_ts < first and (prev is None or o.last_ts > prev):
+                prev = o.last_ts
+        recency = (first - prev) / 1000.0 if prev is not None else None
+        ends = self.ends
+        ends.append(s.last_ts)
+        if len(ends) > 1:
+            ends.sort()
+            del ends[: -cfg.max_recent_ends]
         c = s.counts
-        return SessionSummary(s.session_key, s.first_ts, s.last_ts, hi, c.get("views", 0), c.get("carts", 0),
+        return SessionSummary(s.session_key, first, s.last_ts, hi, c.get("views", 0), c.get("carts", 0),
                               c.get("removes", 0), c.get("wishlists", 0), c.get("searches", 0), s.dwell_s,
                               s.mean_price, recency, tuple(sorted(s.viewed)), tuple(sorted(s.carted)), ordered,
                               s.truncated, forced)
 
     def _prune(self, watermark_ms: int, cfg: SessionConfig) -> None:
         # An order older than every open session's start and than the grace horizon labels nothing more.
-        horizon = watermark_ms - cfg.grace_ms - cfg.gap_ms
-        starts = [s.first_ts for s in self.sessions.values() if s.first_ts is not None]
-        keep_from = min([horizon] + starts)
-        self.orders = {k: t for k, t in self.orders.items() if t >= keep_from}
-        # A closed key is remembered one grace past its close: later events for it were refused upstream.
-        self.closed = {k: w for k, w in self.closed.items() if w + cfg.grace_ms > watermark_ms}
-        while len(self.closed) > cfg.max_closed_memory:
-            del self.closed[min(self.closed, key=lambda k: (self.closed[k], k))]
+        keep_from = min([watermark_ms - cfg.grace_ms - cfg.gap_ms] + [s.first_ts for s in self.sessions.values()])
+        if self.orders and min(self.orders.values()) < keep_from:
+            self.orders = {k: t for k, t in self.orders.items() if t >= keep_from}
+        if self.ends and self.ends[0] < watermark_ms - cfg.recency_horizon_ms:
+            self.ends = [e for e in self.ends if e >= watermark_ms - cfg.recency_horizon_ms]
 
     def is_empty(self) -> bool:
         """Nothing left worth keeping: the owner may delete the key (the next event starts afresh)."""
-        return not self.sessions and not self.orders and not self.closed
+        return not self.sessions and not self.orders and not self.ends
 
     def open_sessions(self) -> list[SessionState]:
         return [self.sessions[k] for k in sorted(self.sessions)]
@@ -332,7 +345,7 @@ class UserSessions:
     def to_state(self) -> dict:
         return {"version": STATE_VERSION, "user_key": self.user_key,
                 "sessions": {k: s.to_state() for k, s in self.sessions.items()}, "orders": self.orders,
-                "closed": self.closed, "ends": self.ends, "watermark": self.watermark}
+                "ends": self.ends, "watermark": self.watermark}
 
     @classmethod
     def from_state(cls, d: Mapping) -> UserSessions:
@@ -341,7 +354,6 @@ class UserSessions:
         u = cls(d["user_key"])
         u.sessions = {k: SessionState.from_state(s) for k, s in d["sessions"].items()}
         u.orders = dict(d["orders"])
-        u.closed = dict(d["closed"])
         u.ends = list(d["ends"])
         u.watermark = d["watermark"]
         return u
