@@ -69,7 +69,8 @@ def slope_per_min(points: list[tuple[float, float]]) -> float | None:
 
 
 def sample(w: pb.Worker, t0: float, sent: int) -> dict:
-    row = {"t": round(time.monotonic() - t0, 1), "sent": sent, "rss_mib": vm_rss_mib(w.proc.pid)}
+    row = {"t": round(time.monotonic() - t0, 1), "sent": sent, "rss_mib": vm_rss_mib(w.proc.pid),
+           "load1": os.getloadavg()[0]}  # the machine's 1-minute load average: the CPU is shared
     try:
         m = w.metrics()
     except Exception as e:  # noqa: BLE001 - a sample the worker did not answer is recorded as such
@@ -166,6 +167,8 @@ def render_section(out: dict) -> str:
         f"{out['final']['duplicate']:,.0f} / {out['final']['rejected']:,.0f} of {out['offer']['events']:,} sent |"),
         f"| late events (`launchpulse_late_events_total`) | {out['final']['late']:,.0f} |",
         f"| worker peak RSS (VmHWM) | {out['peak_rss_mib']:.0f} MiB |",
+        (f"| machine 1-minute load average during the offer, mean / max (2 cores, shared) | "
+        f"{out['load_mean']:.1f} / {out['load_max']:.1f} |"),
         "",
         "Lag and backlog per minute (sample nearest each minute): "
         + ", ".join(f"{t / 60:.0f} min: {lag:,.0f} / {bl:,.0f}" for t, lag, bl in lag_pts) + ".",
@@ -266,6 +269,7 @@ def run(args, workdir: Path) -> int:
         "lag_mean_last8": mean([s["lag"] for s in window]), "lag_max_last8": max((s["lag"] for s in window), default=0),
         "backlog_mean_last8": mean([s["backlog"] for s in window]),
         "backlog_max_last8": max((s["backlog"] for s in window), default=0),
+        "load_mean": mean([s["load1"] for s in samples]), "load_max": max(s["load1"] for s in samples),
         "lag_by_minute": per_min, "drained": drained, "drain_s": drain_s, "final": final,
         "peak_rss_mib": w.peak_rss_mib(), "samples": samples,
     }
