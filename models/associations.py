@@ -282,10 +282,10 @@ class PartnerCounter:
     def evicted(self) -> bool:
         return self.evictions > 0
 
-    def items(self) -> list[tuple[str, int, int]]:
-        """Kept entries ``(partner, count, error)``, largest count first, then partner id."""
+    def items(self, min_count: int = 0) -> list[tuple[str, int, int]]:
+        """Kept entries ``(partner, count, error)`` with ``count >= min_count``, largest count first, then partner id."""
         e = self._error
-        rows = [(p, n, e.get(p, 0)) for p, n in self._count.items()]
+        rows = [(p, n, e.get(p, 0)) for p, n in self._count.items() if n >= min_count]
         rows.sort(key=lambda r: (-r[1], r[0]))
         return rows
 
@@ -735,9 +735,7 @@ def rank_associations(item_assoc: ItemAssociations, global_counts: Mapping[str, 
     ctr = item_assoc.counter("buy", window, now_ms)
     sess = _session_inputs(item_assoc, window, now_ms, view_counts, n_view_total, cart_counts, n_cart_total)
     rows = []
-    for partner, cnt, err in ctr.items():
-        if cnt < min_support_count:
-            break  # items() is sorted by count
+    for partner, cnt, err in ctr.items(min_support_count):
         n_c = min(max(int(global_counts.get(partner, 0)), min(cnt, n_a)), n_total)
         co = min(cnt, n_a, n_c)
         if co < min_support_count:

@@ -15,7 +15,7 @@ from .associations import ItemAssociations
 from .trends import TrendModel
 from .windows import WindowConfig
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 RECORD_FIELDS = {
     "k": "kind: 'c' clickstream, 'o' order line, 'g' catalog",
@@ -37,6 +37,13 @@ _IDX = {name: i for i, name in enumerate(COUNTERS)}
 _CLICK_COUNTER = {"view": 0, "add_to_cart": 1, "remove_from_cart": 2, "wishlist": 3}
 
 ACCEPTED, DUPLICATE, LATE = "accepted", "duplicate", "late"
+_ZERO = (0.0,) * len(COUNTERS)
+
+
+def dormancy_check_window(window_start: int, cfg: WindowConfig) -> int:
+    """The window whose closing must visit an item that had events in ``window_start``:
+    if nothing came since, the item goes dormant then (see :meth:`ItemState.close_windows`)."""
+    return window_start + cfg.idle_windows * cfg.size_ms
 
 
 @dataclass(slots=True)
@@ -74,6 +81,7 @@ class ItemState:
     totals: list = field(default_factory=lambda: [0.0] * len(COUNTERS))
     closed_totals: list = field(default_factory=lambda: [0.0] * len(COUNTERS))  # sums over closed windows
     n_closed: int = 0  # windows closed so far (the item's own history length)
+    idle_run: int = 0  # consecutive closed windows without an event (dormant from cfg.idle_windows)
     primary_orders: int = 0  # orders whose counting record (n=1) this item carried: they sum to N
     assoc: ItemAssociations = field(default_factory=ItemAssociations)
     trend: TrendModel = field(default_factory=TrendModel)
@@ -142,51 +150,67 @@ class ItemState:
             self.units_since_stock = 0
 
     def close_windows(self, cfg: WindowConfig, watermark_ms: int) -> list[ClosedWindow]:
-        """Close every window the watermark has passed, oldest first, feeding the trend model.
+        """Close the windows the watermark has passed, oldest first; one ClosedWindow per window with events.
 
-        Windows between the item's first event and now with no events are real zeros
-        and are closed too; windows before the item existed are not.
+        Silent windows between the item's first event and now are real zeros for the trend
+        model, learnt when the next window with events closes. An item silent for
+        ``cfg.idle_windows`` windows goes dormant: its trend model is dropped (a cold series
+        keeps no model; its forecast was about nil) and its next event starts a fresh,
+        provisional one. Silent windows yield no ClosedWindow (nothing new to decide on) and
+        a trailing silent run shorter than ``idle_windows`` stays open until the item's next
+        event or its dormancy check (the caller schedules one at
+        :func:`dormancy_check_window`); events older than the watermark allows are refused
+        before they reach an item, so leaving those windows open changes no count. This keeps
+        the work and the live models proportional to active items, not to the catalogue.
         """
         if self.first_seen is None:
             return []
-        first = cfg.start_of(self.first_seen)
-        start = first if self.closed_through is None else self.closed_through + cfg.size_ms
+        size = cfg.size_ms
+        newest = cfg.start_of(watermark_ms - cfg.grace_ms) - size  # the newest closable window
+        start = cfg.start_of(self.first_seen) if self.closed_through is None else self.closed_through + size
+        if start > newest:
+            return []
         out: list[ClosedWindow] = []
-        last = cfg.start_of(watermark_ms - cfg.grace_ms) - cfg.size_ms  # the newest closable window
-        zero = [0.0] * len(COUNTERS)
-        skip_to = last - cfg.max_gap_windows * cfg.size_ms
-        if start < skip_to and not any(start <= s < skip_to for s in self.windows):
-            # A long silent gap: thousands of zero windows would cost time and teach the trend
-            # nothing its last max_gap_windows zeros do not.
-            self.n_closed += (skip_to - start) // cfg.size_ms
-            self.closed_through = skip_to - cfg.size_ms
-            start = skip_to
-        while cfg.closable(start, watermark_ms):
-            counts = self.windows.get(start)
-            y = counts[4] if counts is not None else 0.0
-            emitting = last - start < cfg.keep_closed * cfg.size_ms
+        windows = self.windows
+        idle = cfg.idle_windows
+        closed_before = self.closed_through
+        first_window = cfg.start_of(self.first_seen)
+        while start <= newest:
+            counts = windows.get(start)
+            if counts is None:
+                nxt = min([s for s in windows if start < s <= newest], default=None)
+                run_end = newest if nxt is None else nxt - size
+                k = (run_end - start) // size + 1
+                if self.idle_run < idle:
+                    if self.idle_run + k >= idle:
+                        self.trend = self.trend.fresh()  # dormant: the cold series' model is dropped
+                    elif nxt is None:
+                        break  # still may wake up: learnt with the next window with events
+                    else:
+                        for _ in range(k):
+                            self.trend.learn_one(0.0)
+                self.idle_run += k
+                self.n_closed += k
+                self.closed_through = run_end
+                start = run_end + size
+                continue
+            self.idle_run = 0
+            y = counts[4]
             # The one-step forecast made before this window closed, to score the trend online.
-            before_fc = self.trend.predict_one() if emitting else None
+            before_fc = self.trend.predict_one()
             self.trend.learn_one(y)
-            before = list(self.closed_totals)
-            if counts is not None:
-                self.closed_totals = [a + b for a, b in zip(self.closed_totals, counts)]
+            before = self.closed_totals
+            self.closed_totals = [a + b for a, b in zip(before, counts)]
             self.n_closed += 1
             self.closed_through = start
-            if last - start >= cfg.keep_closed * cfg.size_ms:
-                # Catching up a long idle gap: the zeros teach the trend, only recent windows are scored.
-                start += cfg.size_ms
-                continue
-            if counts is None:
-                counts = self.windows[start] = list(zero)
-            history = [list(self.windows.get(s, zero)) for s in range(start - (cfg.keep_closed - 1) * cfg.size_ms, start, cfg.size_ms)
-                       if s >= cfg.start_of(self.first_seen)]
-            out.append(ClosedWindow(self.item_id, start, start + cfg.size_ms, dict(zip(COUNTERS, counts)), history, self,
+            history = [list(windows.get(s, _ZERO)) for s in range(start - (cfg.keep_closed - 1) * size, start, size)
+                       if s >= first_window]
+            out.append(ClosedWindow(self.item_id, start, start + size, dict(zip(COUNTERS, counts)), history, self,
                                     self.trend.forecast(), self.trend.slope(), self.trend.burst(),
                                     dict(zip(COUNTERS, before)), self.n_closed,
                                     None if before_fc is None else abs(before_fc - y)))
-            start += cfg.size_ms
-        if out:
+            start += size
+        if self.closed_through != closed_before:
             self._prune(cfg, watermark_ms)
         return out
 
@@ -212,7 +236,7 @@ class ItemState:
             "units_since_stock": self.units_since_stock, "status": self.status,
             "launched_at": self.launched_at, "first_seen": self.first_seen, "seen": self.seen,
             "windows": {str(k): v for k, v in self.windows.items()}, "closed_through": self.closed_through,
-            "totals": self.totals, "closed_totals": self.closed_totals, "n_closed": self.n_closed, "primary_orders": self.primary_orders, "assoc": self.assoc.to_state(), "trend": self.trend.to_state(),
+            "totals": self.totals, "closed_totals": self.closed_totals, "n_closed": self.n_closed, "idle_run": self.idle_run, "primary_orders": self.primary_orders, "assoc": self.assoc.to_state(), "trend": self.trend.to_state(),
             "signal_memory": self.signal_memory,
         }
 
@@ -225,6 +249,6 @@ class ItemState:
             stock_ts=d["stock_ts"], units_since_stock=d["units_since_stock"], status=d["status"],
             launched_at=d["launched_at"], first_seen=d["first_seen"], seen=dict(d["seen"]),
             windows={int(k): v for k, v in d["windows"].items()}, closed_through=d["closed_through"],
-            totals=list(d["totals"]), closed_totals=list(d["closed_totals"]), n_closed=d["n_closed"], primary_orders=d["primary_orders"], assoc=ItemAssociations.from_state(d["assoc"]),
+            totals=list(d["totals"]), closed_totals=list(d["closed_totals"]), n_closed=d["n_closed"], idle_run=d["idle_run"], primary_orders=d["primary_orders"], assoc=ItemAssociations.from_state(d["assoc"]),
             trend=TrendModel.from_state(d["trend"]), signal_memory=dict(d["signal_memory"]),
         )

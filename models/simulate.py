@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator
 
-from .itemstate import ACCEPTED, ClosedWindow, ItemState
+from .itemstate import ACCEPTED, ClosedWindow, ItemState, dormancy_check_window
 from .routing import route_event
 from .windows import WindowConfig
 
@@ -45,7 +45,9 @@ class Simulator:
         for key, rec in route_event(event):
             o = self.state(key).apply(rec, self.cfg)
             if o == ACCEPTED and not key.startswith("session:"):
-                self.pending.setdefault(self.cfg.start_of(rec["t"]), set()).add(key)
+                start = self.cfg.start_of(rec["t"])
+                self.pending.setdefault(start, set()).add(key)
+                self.pending.setdefault(dormancy_check_window(start, self.cfg), set()).add(key)
             if rec["n"]:
                 outcome = o
                 if o == ACCEPTED and rec["k"] == "o":
@@ -57,8 +59,8 @@ class Simulator:
     def close(self) -> list[ClosedWindow]:
         """Close the windows the watermark has passed for the items with events in them.
 
-        The same rule as the worker's: items without events are caught up (with zero
-        windows) the next time one of their windows closes.
+        The same rule as the worker's: an item is visited when a window it had events in
+        closes, and again at its dormancy check (see :meth:`ItemState.close_windows`).
         """
         ready = sorted(s for s in self.pending if self.cfg.closable(s, self.watermark))
         keys: set[str] = set()

@@ -52,6 +52,7 @@ True
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -170,6 +171,7 @@ class TrendModel:
         self._n_alarms = 0
         self._from_prior = False
         self._rescale_pending = False
+        self._wcache = self._fcache = None  # derived, not state: top-k weights and forecasts until candidates change
 
     def _params(self) -> dict:
         return {
@@ -240,6 +242,12 @@ class TrendModel:
         m._from_prior = bool(d["from_prior"])
         m._rescale_pending = bool(d["rescale_pending"])
         return m
+
+    def fresh(self) -> "TrendModel":
+        """An untrained model with the same parameters (a cold series' model is dropped for this)."""
+        new = copy.copy(self)  # parameters are immutable values, shared; the state is reset below
+        new._reset_state()
+        return new
 
     def to_json(self) -> str:
         return json.dumps(self.to_state(), separators=(",", ":"))
@@ -333,40 +341,64 @@ class TrendModel:
         return self._inv(kind, z)
 
     def _update_cands(self, y: float, first: bool = False):
+        # The hot path of the worker (once per item per closed window): transforms inlined.
         m = self.season_length
         j = self._t % m if m else 0
         lam = self.err_decay
-        ng = len(self.grid)
+        lam1 = 1.0 - lam
+        grid = self.grid
+        ng = len(grid)
+        off = self._offset
+        zlog = None
+        exp, log = math.exp, math.log
         for idx, c in enumerate(self._cands):
-            alpha, beta, gamma, phi = self.grid[idx % ng]
+            alpha, beta, gamma, phi = grid[idx % ng]
             kind, lev, tr, seas, err = c
             s = seas[j] if m else 0.0
             zhat = lev + phi * tr + s
-            yhat = self._inv(kind, zhat)
-            e = self._fwd(kind, y) - zhat
+            if kind == _RAW:
+                yhat = zhat
+                e = y - zhat
+            else:
+                yhat = exp(zhat if zhat < 700.0 else 700.0) - off
+                if zlog is None:
+                    zlog = log((y if y > 0.0 else 0.0) + off)
+                e = zlog - zhat
             c[1] = lev + phi * tr + alpha * e
             c[2] = phi * tr + beta * e
             if m:
                 seas[j] = s + gamma * e
             ae = abs(y - yhat)
-            c[4] = ae if first and err == 0.0 else lam * err + (1.0 - lam) * ae
+            c[4] = ae if first and err == 0.0 else lam * err + lam1 * ae
         self._t += 1
+        self._wcache = self._fcache = None
 
     def _ranked(self) -> list[int]:
-        return sorted(range(len(self._cands)), key=lambda i: (self._cands[i][4], i))
+        errs = [c[4] for c in self._cands]
+        return sorted(range(len(errs)), key=errs.__getitem__)  # stable: ties keep candidate order
 
     def _weights(self) -> list[tuple[int, float]]:
-        ranked = self._ranked()[: max(1, self.top_k)]
-        errs = [self._cands[i][4] for i in ranked]
-        floor = max(1e-12, 1e-6 * max(errs))
-        w = [1.0 / max(e, floor) for e in errs]
-        tot = sum(w)
-        return [(i, wi / tot) for i, wi in zip(ranked, w)]
+        w = self._wcache
+        if w is None:
+            ranked = self._ranked()[: max(1, self.top_k)]
+            errs = [self._cands[i][4] for i in ranked]
+            floor = max(1e-12, 1e-6 * max(errs))
+            inv = [1.0 / max(e, floor) for e in errs]
+            tot = sum(inv)
+            w = self._wcache = [(i, wi / tot) for i, wi in zip(ranked, inv)]
+        return w
 
     def _forecast_raw(self, h: int) -> list[float]:
-        ws = self._weights()
-        ng = len(self.grid)
-        return [sum(w * self._cand_forecast(self._cands[i], i % ng, k) for i, w in ws) for k in range(1, h + 1)]
+        fc = self._fcache
+        if fc is None or len(fc) < h:
+            # Step k's forecast does not depend on h: computed once per step until the candidates change.
+            ws = self._weights()
+            ng = len(self.grid)
+            cands = self._cands
+            have = 0 if fc is None else len(fc)
+            fc = self._fcache = (fc or []) + [sum(w * self._cand_forecast(cands[i], i % ng, k) for i, w in ws)
+                                              for k in range(have + 1, h + 1)]
+        return fc[:h]
 
     # ------------------------------------------------------------------- API
     def learn_one(self, y: float) -> None:
@@ -483,6 +515,7 @@ class TrendModel:
             c[1] = lev + phi * tr + (self._fwd(kind, y) - zhat)
             c[2] = phi * tr
         self._t += 1
+        self._wcache = self._fcache = None
 
     # ------------------------------------------------------------ cold start
     def _rescale_to(self, y: float):
@@ -506,6 +539,7 @@ class TrendModel:
                     c[1] += math.log((fi * r + self._offset) / (fi + self._offset))
             c[4] *= r
         self._scale *= r
+        self._wcache = self._fcache = None
 
     @classmethod
     def from_prior(

@@ -18,13 +18,12 @@ class WindowConfig:
     size_ms: int = 3_600_000  # one hour
     grace_ms: int = 600_000  # events up to this much older than the watermark still count
     keep_closed: int = 8  # closed windows kept per item for features and HTTP views
-    idle_windows: int = 14  # an item with no event for this many windows stops closing windows
-    #                         until its next event (which first closes the gap with zeros)
-    max_gap_windows: int = 48  # a longer idle gap teaches the trend only its last this-many zero windows
+    idle_windows: int = 14  # an item silent for this many closed windows is dormant: its trend model is
+    #                         dropped and its silent windows are skipped until its next event
 
     def __post_init__(self):
-        if self.size_ms <= 0 or self.grace_ms < 0 or self.keep_closed < 1 or self.idle_windows < 1 or self.max_gap_windows < 1:
-            raise ValueError("window size must be > 0, grace >= 0, keep_closed >= 1")
+        if self.size_ms <= 0 or self.grace_ms < 0 or self.keep_closed < 1 or self.idle_windows < 1:
+            raise ValueError("window size must be > 0, grace >= 0, keep_closed >= 1, idle_windows >= 1")
 
     def start_of(self, ts_ms: int) -> int:
         return ts_ms - ts_ms % self.size_ms
@@ -37,9 +36,6 @@ class WindowConfig:
         """A window closes once no event that may still land in it can arrive."""
         return window_start + self.size_ms + self.grace_ms <= watermark_ms
 
-    def is_idle(self, last_event_window: int, watermark_ms: int) -> bool:
-        return last_event_window < self.start_of(watermark_ms) - self.idle_windows * self.size_ms
-
     def to_state(self) -> dict:
         return {"size_ms": self.size_ms, "grace_ms": self.grace_ms, "keep_closed": self.keep_closed,
-                "idle_windows": self.idle_windows, "max_gap_windows": self.max_gap_windows}
+                "idle_windows": self.idle_windows}

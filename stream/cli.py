@@ -280,7 +280,11 @@ async def _demo_run(settings: Settings, events: list, batch: int, web_port: int,
                 prog = _get_json(base + "/progress")
             except Exception:
                 continue
-            done = prog["ingested_messages"] >= report["messages"] and prog["score_queue"] == 0
+            if prog.get("state_error"):
+                log.error("the worker's state stage failed: %s", prog["state_error"])
+                return 1
+            # Done: every replayed event has its outcome counted, scoring is idle, nothing moved for 3 s.
+            done = prog["events_counted"] >= report["events"] and prog["score_queue"] == 0
             snapshot = (prog["records_processed"], prog["signals_sent"])
             if done and snapshot == last:
                 quiet_since = quiet_since or time.monotonic()
@@ -289,6 +293,9 @@ async def _demo_run(settings: Settings, events: list, batch: int, web_port: int,
             else:
                 quiet_since = None
             last = snapshot
+        else:
+            log.error("the worker did not process the replay within 600 s (last progress: %s)", last)
+            return 1
         while await drain(1000):
             pass
     finally:

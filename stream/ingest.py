@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from launchpulse.models.routing import partition_for, route_event
 from launchpulse.models.windows import WindowConfig
-from launchpulse.schemas.validate import Pseudonymiser, Rejection, dead_letter_record, parse_message
+from launchpulse.schemas.validate import Pseudonymiser, dead_letter_record, parse_message
 
 from .metrics import Metrics
 from .settings import Settings
@@ -29,6 +29,10 @@ from .settings import Settings
 log = logging.getLogger("launchpulse.ingest")
 
 IDLE_PARTITION_S = 5.0
+BROKER_PROBE_S = 2.0  # health: a metadata request this often,
+BROKER_PROBE_TIMEOUT_S = 5.0  # answered within this long,
+BROKER_PROBE_FAILURES = 2  # failing this many times in a row makes the worker unhealthy
+STALL_S = 20.0  # health: an ingest loop iteration (fetch, send, commit) taking longer than this
 
 
 class Ingest:
@@ -37,19 +41,23 @@ class Ingest:
         self.m = metrics
         self.cfg = cfg
         self.pseudonymise = Pseudonymiser(settings.pseudonym_key)
-        # Event-time watermark: the slowest input partition that still has data pending decides,
-        # so partitions read in bursts do not make each other's events late.
-        self.watermark = 0
+        # Per assigned input partition: the max event time read (reported to the owners, whose
+        # watermark is the minimum over every input partition, see partition_report).
         self.partition_max: dict[TopicPartition, int] = {}
         self.partition_heard: dict[TopicPartition, float] = {}  # monotonic time of its latest message
         self.instance = uuid.uuid4().hex[:12]  # names this ingest in the envelopes' watermarks
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.healthy_reason = "starting"
+        # Broker reachability, from a bounded metadata probe (aiokafka retries a lost broker inside
+        # getmany/send/commit without raising): "" while reachable, else why not, since when.
+        self.broker_reason = ""
+        self.broker_down_since: float | None = None
         self.last_batch_monotonic = 0.0
         self.consumed = 0
         self._positions: dict[TopicPartition, int] = {}  # committed offsets, for the lag gauge
-        self._sent_wm: dict[int, int] = {}  # watermark last stamped per owner partition
+        self._sent_report: dict[int, dict] = {}  # partition report last sent per owner partition
+        self._assigned: set = set()
         self._start_offsets: dict[TopicPartition, int] = {}  # committed offsets when first seen
 
     async def start(self) -> None:
@@ -75,6 +83,13 @@ class Ingest:
                     log.warning("ingest client stop failed", exc_info=True)
 
     async def run(self) -> None:
+        probe = asyncio.create_task(self._probe_broker(), name="ingest-broker-probe")
+        try:
+            await self._run_batches()
+        finally:
+            probe.cancel()
+
+    async def _run_batches(self) -> None:
         while True:
             try:
                 batches = await self.consumer.getmany(timeout_ms=200, max_records=self.s.ingest_max_records)
@@ -84,13 +99,74 @@ class Ingest:
                 log.warning("ingest fetch failed; retrying", extra={"error": str(e)})
                 await asyncio.sleep(1.0)
                 continue
-            if batches:
-                await self.process(batches)
-            else:
-                await self.send_envelopes({})  # idle: the watermark may still advance
+            try:
+                if batches:
+                    await self.process(batches)
+                else:
+                    await self.send_envelopes({})  # idle: the watermark may still advance
+            except Exception as e:  # noqa: BLE001 - the task must survive any batch failure
+                # Envelopes not acknowledged, or the commit refused (the group moved on during an
+                # outage): nothing of this batch is committed. Read it again (at-least-once; the
+                # owners' deduplication absorbs what did land) rather than let the task die.
+                self.healthy_reason = f"ingest batch failed: {type(e).__name__}: {e}"
+                self.m.broker_errors.labels("ingest").inc()
+                log.warning("ingest batch failed; re-reading it", extra={"error": str(e)})
+                self._rewind(batches)
+                await asyncio.sleep(1.0)
+                continue
             self.healthy_reason = ""
             self.last_batch_monotonic = time.monotonic()
             self.update_lag()
+
+    def _rewind(self, batches: dict) -> None:
+        """Seek each partition of an uncommitted batch back to its first message (if still assigned)."""
+        assigned = self.consumer.assignment()
+        for tp, msgs in batches.items():
+            if msgs and tp in assigned:
+                try:
+                    self.consumer.seek(tp, msgs[0].offset)
+                except Exception:  # revoked meanwhile: its next owner starts from the committed offset
+                    log.warning("could not rewind %s", tp, exc_info=True)
+
+    async def _probe_broker(self) -> None:
+        """Every BROKER_PROBE_S, a metadata request bounded by BROKER_PROBE_TIMEOUT_S."""
+        failures = 0
+        while True:
+            try:
+                await asyncio.wait_for(self.consumer.topics(), BROKER_PROBE_TIMEOUT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure to get metadata means unreachable
+                failures += 1
+                now = time.monotonic()
+                if self.broker_down_since is None:
+                    self.broker_down_since = now
+                if failures >= BROKER_PROBE_FAILURES:
+                    what = (f"no answer within {BROKER_PROBE_TIMEOUT_S:.0f} s" if isinstance(e, TimeoutError)
+                            else str(e) if str(e).startswith(type(e).__name__) else f"{type(e).__name__}: {e}")
+                    self.broker_reason = (f"broker {self.s.bootstrap_servers} unreachable for "
+                                          f"{now - self.broker_down_since:.0f} s ({what})")
+                    if failures == BROKER_PROBE_FAILURES:
+                        self.m.broker_errors.labels("ingest").inc()
+                        log.warning("broker unreachable", extra={"error": self.broker_reason})
+            else:
+                if self.broker_reason:
+                    log.warning("broker reachable again after %.0f s", time.monotonic() - self.broker_down_since)
+                failures = 0
+                self.broker_reason = ""
+                self.broker_down_since = None
+            await asyncio.sleep(BROKER_PROBE_S)
+
+    def health_reason(self) -> str:
+        """Why this ingest is not healthy, or "" when it is."""
+        if self.healthy_reason:
+            return self.healthy_reason
+        if self.broker_reason:
+            return self.broker_reason
+        stalled = time.monotonic() - self.last_batch_monotonic
+        if self.last_batch_monotonic and stalled > STALL_S:
+            return f"ingest has completed no batch for {stalled:.0f} s (waiting on the broker)"
+        return ""
 
     def update_lag(self) -> None:
         c = self.consumer
@@ -100,18 +176,34 @@ class Ingest:
             if hw is not None:
                 self.m.lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - (at if at is not None else 0)))
 
-    async def advance_watermark(self) -> int:
-        """Min over the assigned clickstream and orders partitions of their max event time.
+    async def partition_report(self) -> tuple[dict, int] | None:
+        """Where this ingest stands on each assigned clickstream/orders partition, for the owners' watermark.
 
-        A partition with unread data holds the watermark at its max so far (0 before its first
-        message); one with nothing unread and no message for IDLE_PARTITION_S is skipped, so a
-        quiet partition does not hold every window open. Catalog records do not move time.
+        ``{"topic:partition": [max event time read, idle]}`` and the number of such partitions
+        in the input topics. A partition is idle when nothing is unread and no message came for
+        IDLE_PARTITION_S: it then no longer holds the watermark back. Owners keep the latest
+        report per input partition (max of event times), so a partition's figure survives the
+        death of the ingest that read it until its next holder reports. Catalog records do not
+        move time. None while topic metadata is unknown.
         """
         c = self.consumer
         now = time.monotonic()
-        live = []
         clock_topics = (self.s.topic_clickstream, self.s.topic_orders)
-        for tp in c.assignment():
+        n_total = 0
+        for t in clock_topics:
+            parts = c.partitions_for_topic(t)
+            if not parts:
+                return None
+            n_total += len(parts)
+        assigned = c.assignment()
+        if assigned != self._assigned:
+            # Partitions moved: positions read before are stale, re-read where the group left them.
+            for tp in self._assigned - assigned:
+                self._positions.pop(tp, None)
+                self._start_offsets.pop(tp, None)
+            self._assigned = set(assigned)
+        report = {}
+        for tp in assigned:
             if tp.topic not in clock_topics:
                 continue
             hw = c.highwater(tp)
@@ -125,28 +217,18 @@ class Ingest:
                         pos = self._start_offsets[tp] = (await c.committed(tp)) or 0
                     except Exception:  # unknown yet: pending
                         pos = -1
-            caught_up = hw is not None and pos >= hw
-            if not caught_up or now - self.partition_heard.get(tp, -1e9) < IDLE_PARTITION_S:
-                live.append(self.partition_max.get(tp, 0))
-        if live:
-            wm = min(live)
-        elif self.partition_max:
-            wm = max(self.partition_max.values())
-        else:
-            wm = 0
-        if wm > self.watermark:
-            self.watermark = wm
-        return self.watermark
+            idle = hw is not None and pos >= hw and now - self.partition_heard.get(tp, -1e9) >= IDLE_PARTITION_S
+            report[f"{tp.topic}:{tp.partition}"] = [self.partition_max.get(tp, 0), idle]
+        return report, n_total
 
     async def process(self, batches: dict) -> None:
         t0 = time.perf_counter()
-        s, m, cfg = self.s, self.m, self.cfg
+        s, m = self.s, self.m
         n_parts = s.state_partitions
         routed: dict[int, list] = defaultdict(list)
         dead: list[dict] = []
         offsets: dict[TopicPartition, int] = {}
         now_ms = int(time.time() * 1000)
-        watermark = await self.advance_watermark()
         part_max = self.partition_max
         for tp, msgs in batches.items():
             topic = tp.topic
@@ -159,13 +241,8 @@ class Ingest:
                     dead.append(dead_letter_record(topic, tp.partition, msg.offset, rej, msg.value, now_ms))
                 self.partition_heard[tp] = time.monotonic()
                 for ev in parsed.events:
-                    if cfg.is_late(ev.ts_ms, watermark):
-                        dead.append(dead_letter_record(topic, tp.partition, msg.offset, Rejection(
-                            None, "late_event", f"event time is {(watermark - ev.ts_ms) / 1000:.0f} s behind the "
-                            f"watermark, more than the {cfg.grace_ms / 1000:.0f} s grace period", orjson.dumps(_public(ev))),
-                            None, now_ms))
-                        m.late_events.labels(topic).inc()
-                        continue
+                    # Lateness is judged by the owner against the watermark of every input partition;
+                    # this stage sees only the partitions assigned to it.
                     if tracks_time and ev.ts_ms > part_max.get(tp, 0):
                         part_max[tp] = ev.ts_ms
                     src = [topic, tp.partition, msg.offset]
@@ -186,35 +263,30 @@ class Ingest:
         m.stage.labels("ingest").observe(time.perf_counter() - t0)
 
     async def send_envelopes(self, routed: dict) -> list:
-        """One envelope per owner partition with records, or whose watermark moved; returns send futures."""
+        """One envelope per owner partition with records, or whose partition report changed; returns send futures."""
         s = self.s
         prod = self.producer
         futures = []
-        wm_after = await self.advance_watermark()
+        rep = await self.partition_report()
+        report, n_total = rep if rep is not None else (None, 0)
         step = s.envelope_max_records
         for part in range(s.state_partitions):
-            # Every owner partition hears the watermark, even without records, so its windows close.
+            # Every owner partition hears the report, even without records, so its windows close.
             recs = routed.get(part, [])
-            if not recs and self._sent_wm.get(part) == wm_after:
+            if not recs and (report is None or self._sent_report.get(part) == report):
                 continue
-            before = self._sent_wm.get(part, 0)
-            self._sent_wm[part] = wm_after
+            if report is not None:
+                self._sent_report[part] = report
             starts = range(0, max(len(recs), 1), step)
             for i in starts:
-                # Only the batch's last envelope may move the watermark: the owner closes windows
-                # when it hears it, and the records of the earlier envelopes must land first.
-                wm = wm_after if i == starts[-1] else before
-                env = {"src": self.instance, "wm": wm, "at": time.time(), "r": recs[i:i + step]}
+                env = {"src": self.instance, "at": time.time(), "r": recs[i:i + step]}
+                if report is not None and i == starts[-1]:
+                    # Only the batch's last envelope moves time: the owner closes windows when it
+                    # hears it, and the records of the earlier envelopes must land first.
+                    env["pw"] = report
+                    env["np"] = n_total
                 futures.append(await prod.send(s.routed_topic, orjson.dumps(env), partition=part))
         if futures and not routed:
             await asyncio.gather(*futures)
             return []
         return futures
-
-
-def _public(ev) -> dict:
-    """A refused event for the dead-letter record: pseudonyms only, never the raw user id."""
-    d = {f: getattr(ev, f) for f in ev.__slots__}
-    if "lines" in d:
-        d["lines"] = [{f: getattr(l, f) for f in l.__slots__} for l in d["lines"]]
-    return d

@@ -39,3 +39,7 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def events_counted(self) -> int:
+        """Input events whose outcome has been counted (every outcome): the demo's and benchmarks' progress."""
+        return int(sum(s.value for m in self.events.collect() for s in m.samples if s.name.endswith("_total")))

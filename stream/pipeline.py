@@ -19,7 +19,7 @@ import orjson
 
 from launchpulse.models import features
 from launchpulse.models.decisions import SignalMemory, Thresholds, decide_item
-from launchpulse.models.itemstate import LATE, ClosedWindow, ItemState
+from launchpulse.models.itemstate import LATE, ClosedWindow, ItemState, dormancy_check_window
 from launchpulse.models.scorer import TrendScorer
 from launchpulse.models.trends import summarise
 from launchpulse.models.associations import rank_associations
@@ -37,27 +37,38 @@ N_TOTAL_TTL_S = 0.25
 
 
 class PartitionMeta:
-    """Per owner partition: the ingest watermarks heard, and the items with events per open window."""
+    """Per owner partition: where every input partition stands, and the items with events per open window.
 
-    __slots__ = ("sources", "watermark", "pending")
+    The watermark is the minimum, over every clickstream/orders partition that is not idle,
+    of the latest event time read from it (the max over every report heard: a report from a
+    dead ingest keeps holding time back until the partition's next holder reports). It only
+    moves once every input partition has been heard of, and never goes back.
+    """
 
-    def __init__(self, sources=None, watermark=0, pending=None):
-        self.sources: dict[str, list] = sources or {}  # ingest instance -> [watermark, wall time last heard]
+    __slots__ = ("parts", "n_parts", "watermark", "pending")
+
+    def __init__(self, parts=None, n_parts=0, watermark=0, pending=None):
+        self.parts: dict[str, list] = parts or {}  # "topic:partition" -> [max event time, idle]
+        self.n_parts: int = n_parts  # input partitions that hold time (clickstream + orders)
         self.watermark: int = watermark
         self.pending: dict[int, set] = pending or {}  # window start -> items with events in it
 
-    def hear(self, source: str, wm: int, now_s: float, timeout_s: float) -> int:
-        """The partition's watermark: the slowest live ingest's, never going back."""
-        self.sources[source] = [wm, now_s]
-        live = [w for w, seen in self.sources.values() if now_s - seen <= timeout_s]
-        for src in [k for k, (_, seen) in self.sources.items() if now_s - seen > timeout_s]:
-            del self.sources[src]
-        if live and min(live) > self.watermark:
-            self.watermark = min(live)
+    def hear(self, report: dict, n_parts: int) -> int:
+        parts = self.parts
+        for k, (ts, idle) in report.items():
+            old = parts.get(k)
+            parts[k] = [ts if old is None or ts > old[0] else old[0], idle]
+        if n_parts > self.n_parts:
+            self.n_parts = n_parts
+        if len(parts) >= self.n_parts:
+            live = [ts for ts, idle in parts.values() if not idle]
+            wm = min(live) if live else max(ts for ts, _ in parts.values())
+            if wm > self.watermark:
+                self.watermark = wm
         return self.watermark
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"version": 4, "sources": self.sources, "watermark": self.watermark,
+        return orjson.dumps({"version": 5, "parts": self.parts, "n_parts": self.n_parts, "watermark": self.watermark,
                              "pending": {str(k): sorted(v) for k, v in self.pending.items()}})
 
     @classmethod
@@ -65,9 +76,9 @@ class PartitionMeta:
         if not b:
             return cls()
         d = orjson.loads(b)
-        if d.get("version") != 4:
-            raise ValueError(f"partition meta version {d.get('version')!r} is not 4")
-        return cls(d["sources"], d["watermark"], {int(k): set(v) for k, v in d["pending"].items()})
+        if d.get("version") != 5:
+            raise ValueError(f"partition meta version {d.get('version')!r} is not 5")
+        return cls(d["parts"], d["n_parts"], d["watermark"], {int(k): set(v) for k, v in d["pending"].items()})
 
 
 def meta_keys(n_partitions: int) -> list[bytes]:
@@ -83,10 +94,11 @@ def meta_keys(n_partitions: int) -> list[bytes]:
     return keys
 
 
-SOURCE_TIMEOUT_S = 60.0  # an ingest not heard from for this long no longer holds watermarks back
 CACHE_MAX_ITEMS = 200_000
-FLUSH_INTERVAL_S = 0.5  # dirty state is written (and its envelopes acknowledged) at least this often
-FLUSH_MAX_ENVELOPES = 200
+# Dirty state is written (and its envelopes acknowledged) at least this often: each flush rewrites
+# every item touched since the last one, so longer intervals coalesce more writes of busy items.
+FLUSH_INTERVAL_S = 1.0
+FLUSH_MAX_ENVELOPES = 400
 
 
 class Worker:
@@ -117,6 +129,7 @@ class Worker:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self.envelopes_processed = 0
         self.records_processed = 0
+        self.state_error = ""  # set when applying an envelope raised (a bug): the worker is unhealthy
         self.signals_sent = 0
         self.last_signal_monotonic = 0.0
         self.app = app = faust.App(
@@ -176,7 +189,14 @@ class Worker:
     async def _process(self, stream):
         self.ack_stream = manual = stream.noack()
         async for event in manual.events():
-            self._apply_envelope(event.message.partition, event.value)
+            try:
+                self._apply_envelope(event.message.partition, event.value)
+            except Exception as e:
+                # A bug, not bad input (that is dead-lettered by ingest): say so on /healthz and let
+                # Faust's supervisor restart the agent; the envelope is not acknowledged.
+                self.state_error = f"state stage failed on an envelope: {type(e).__name__}: {e}"
+                log.exception("state stage failed on an envelope of partition %s", event.message.partition)
+                raise
             self.unacked.append(event)
             if len(self.unacked) >= FLUSH_MAX_ENVELOPES or time.monotonic() - self.last_flush >= FLUSH_INTERVAL_S:
                 await self._flush()
@@ -250,10 +270,13 @@ class Worker:
         recs = env["r"]
         meta = self._meta(partition)
         dirty = self.dirty_items
+        late_before = meta.watermark - cfg.grace_ms
         for rec in recs:
             key = rec["i"] if rec["i"] is not None else "session:" + rec["s"]
             st = self._state(key)
-            outcome = st.apply(rec, cfg)
+            # Late: older than every input partition's progress allows (the ingest stage cannot
+            # judge it, it sees only its own partitions), or its window already closed for the item.
+            outcome = LATE if rec["t"] < late_before else st.apply(rec, cfg)
             topic = rec["o"][0]
             if rec["n"]:
                 m.events.labels(topic, "rejected" if outcome == LATE else outcome).inc()
@@ -263,9 +286,16 @@ class Worker:
                 dirty.add(key)
                 if rec["i"] is not None:
                     start = cfg.start_of(rec["t"])
-                    items = meta.pending.get(start)
+                    pending = meta.pending
+                    items = pending.get(start)
                     if items is None:
-                        items = meta.pending[start] = set()
+                        items = pending[start] = set()
+                    items.add(key)
+                    # Visit again when the item would go dormant (see ItemState.close_windows).
+                    check = dormancy_check_window(start, cfg)
+                    items = pending.get(check)
+                    if items is None:
+                        items = pending[check] = set()
                     items.add(key)
                 if rec["k"] == "o":
                     self.dirty_totals.add(key)
@@ -274,8 +304,11 @@ class Worker:
                 m.dead_letters.labels("late_event").inc()
                 self.dead_topic.send_soon(value=orjson.dumps(dead_letter_record(
                     topic, rec["o"][1], rec["o"][2], Rejection(None, "late_event",
-                    "the event's window had already closed for this item", orjson.dumps(rec)), None, int(time.time() * 1000))))
-        meta.hear(env["src"], env["wm"], time.time(), SOURCE_TIMEOUT_S)
+                    f"event time is more than the {cfg.grace_ms / 1000:.0f} s grace period behind the watermark "
+                    "of the input partitions, or its window had already closed for this item", orjson.dumps(rec)),
+                    None, int(time.time() * 1000))))
+        if "pw" in env:
+            meta.hear(env["pw"], env["np"])
         self.dirty_metas.add(partition)
         closed = self._close_windows(meta)
         if closed:
@@ -297,8 +330,8 @@ class Worker:
     def _close_windows(self, meta: PartitionMeta) -> list[ClosedWindow]:
         """Close the windows the watermark passed, for the items that had events in them.
 
-        Items without events are not visited: their empty windows are closed (as zeros)
-        the next time they have an event, so the cost follows activity, not catalogue size.
+        Items without events are not visited, except once at their dormancy check, so the
+        cost follows activity, not catalogue size.
         """
         cfg = self.cfg
         ready = sorted(s for s in meta.pending if cfg.closable(s, meta.watermark))
@@ -388,7 +421,9 @@ class Worker:
 
     # -- HTTP ----------------------------------------------------------------------------
     def health(self) -> tuple[bool, str]:
-        reason = self.ingest.healthy_reason
+        if self.state_error:
+            return False, self.state_error
+        reason = self.ingest.health_reason()
         if reason:
             return False, reason
         return True, "consuming"
@@ -415,6 +450,7 @@ class Worker:
                 return web.json({"orders_total_from_items": n_items, "orders_total": worker.n_orders_total(),
                                  "items": len(worker.items), "totals_keys": len(worker.totals)})
             return web.json({"ingested_messages": worker.ingest.consumed, "records_processed": worker.records_processed,
+                             "events_counted": worker.metrics.events_counted(), "state_error": worker.state_error,
                              "envelopes_processed": worker.envelopes_processed, "score_queue": len(worker.score_queue),
                              "signals_sent": worker.signals_sent, "orders_total": worker.n_orders_total()})
 

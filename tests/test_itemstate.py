@@ -1,0 +1,190 @@
+"""ItemState against batch truth: windowed counts, the trend series it learns, dormancy, bounded live models;
+and the owner partitions' watermark (PartitionMeta) over every input partition."""
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from launchpulse.models.itemstate import ACCEPTED, DUPLICATE, ItemState, dormancy_check_window
+from launchpulse.models.trends import TrendModel
+from launchpulse.models.windows import WindowConfig
+
+CFG = WindowConfig(size_ms=1000, grace_ms=100, idle_windows=4)
+
+
+def order_rec(oid: str, ts: int, q: int = 1) -> dict:
+    return {"k": "o", "id": oid, "t": ts, "i": "x", "c": None, "p": 1.0, "q": q, "b": [], "n": 1}
+
+
+def replay(events, cfg=CFG, close_every=1):
+    """Apply (ts, id, qty) in order, closing as a single-partition owner does (watermark = max ts)."""
+    st_ = ItemState("x")
+    pending: dict[int, set] = {}
+    closed = []
+    wm = 0
+    for i, (ts, oid, q) in enumerate(events):
+        if cfg.is_late(ts, wm):
+            continue
+        if st_.apply(order_rec(oid, ts, q), cfg) == ACCEPTED:
+            pending.setdefault(cfg.start_of(ts), set()).add("x")
+            pending.setdefault(dormancy_check_window(cfg.start_of(ts), cfg), set()).add("x")
+        wm = max(wm, ts)
+        if i % close_every == 0 or i == len(events) - 1:  # the owner closes at least once the input is quiet
+            ready = [s for s in pending if cfg.closable(s, wm)]
+            for s in ready:
+                del pending[s]
+            if ready:
+                closed.extend(st_.close_windows(cfg, wm))
+    return st_, closed, wm
+
+
+def batch_units(events, cfg=CFG) -> dict[int, float]:
+    """Units per window from the first copy of each order id that the watermark rule accepts."""
+    units: dict[int, float] = {}
+    seen = set()
+    wm = 0
+    for ts, oid, q in events:
+        if cfg.is_late(ts, wm):
+            continue
+        wm = max(wm, ts)
+        if oid in seen:
+            continue
+        seen.add(oid)
+        s = cfg.start_of(ts)
+        units[s] = units.get(s, 0.0) + q
+    return units
+
+
+def expected_trend(units: dict[int, float], last_closed: int, cfg=CFG) -> TrendModel:
+    """The trend model fed the batch series: zeros between windows with events, dropped after idle_windows zeros."""
+    m = TrendModel()
+    if not units:
+        return m
+    s, idle = min(units), 0
+    while s <= last_closed:
+        if s in units:
+            idle = 0
+            m.learn_one(units[s])
+        else:
+            idle += 1
+            if idle == cfg.idle_windows:
+                m = m.fresh()
+            elif idle < cfg.idle_windows and any(w > s for w in units if w <= last_closed):
+                m.learn_one(0.0)
+        s += cfg.size_ms
+    return m
+
+
+@st.composite
+def events_strategy(draw):
+    """Orders (ts, id, qty): an id always has the same time and quantity; some are delivered twice; mildly out of order."""
+    n = draw(st.integers(1, 60))
+    orders = [(draw(st.integers(0, 40_000)), f"o{i}", draw(st.integers(1, 5))) for i in range(n)]
+    deliveries = orders + draw(st.lists(st.sampled_from(orders), max_size=20))
+    jitter = random.Random(draw(st.integers(0, 2**16)))
+    return sorted(deliveries, key=lambda e: e[0] + jitter.randint(-80, 80))
+
+
+@settings(max_examples=300, deadline=None)
+@given(events_strategy(), st.integers(1, 5))
+def test_windows_and_trend_equal_batch_truth(events, close_every):
+    st_, closed, wm = replay(events, close_every=close_every)
+    truth = batch_units(events)
+    # Every window with events closes exactly once, with the batch count.
+    emitted = {cw.start_ms: cw.counts["units"] for cw in closed}
+    assert len(emitted) == len(closed)
+    newest = CFG.start_of(wm - CFG.grace_ms) - CFG.size_ms
+    assert emitted == {s: u for s, u in truth.items() if s <= newest}
+    # The trend learnt the batch series (silent windows as zeros, dormancy resets) on the same path.
+    last_closed = max(emitted, default=None)
+    if last_closed is not None:
+        want = expected_trend({s: u for s, u in truth.items() if s <= last_closed}, last_closed)
+        got = st_.trend
+        # a trailing silent run may already have made the item dormant: then both are fresh
+        if st_.idle_run >= CFG.idle_windows:
+            assert got.to_state() == TrendModel().to_state()
+        else:
+            assert got.to_state() == want.to_state()
+    # State survives JSON.
+    again = ItemState.from_state(orjson.loads(orjson.dumps(st_.to_state())))
+    assert again.to_state() == st_.to_state()
+
+
+def test_duplicates_count_once_and_dormancy_drops_the_model():
+    cfg = CFG
+    st_ = ItemState("x")
+    for w in range(6):  # active for six windows: the model trains
+        assert st_.apply(order_rec(f"a{w}", w * 1000 + 10, 2), cfg) == ACCEPTED
+        assert st_.apply(order_rec(f"a{w}", w * 1000 + 10, 2), cfg) == DUPLICATE
+    out = st_.close_windows(cfg, 6 * 1000 + 100)
+    assert [cw.counts["units"] for cw in out] == [2.0] * 6
+    assert st_.trend.forecast() is not None
+    # Three silent windows: still open (not learnt yet), no ClosedWindow for them.
+    assert st_.close_windows(cfg, 9 * 1000 + 100) == []
+    assert st_.trend.forecast() is not None and st_.idle_run == 0
+    # The dormancy check: four silent windows -> dormant, model dropped.
+    assert st_.close_windows(cfg, 10 * 1000 + 100) == []
+    assert st_.idle_run == 4 and st_.trend.forecast() is None
+    # Its next event starts a fresh, provisional model; the silent windows are skipped in one step.
+    assert st_.apply(order_rec("b", 30 * 1000 + 5, 1), cfg) == ACCEPTED
+    out = st_.close_windows(cfg, 31 * 1000 + 100)
+    assert [(cw.start_ms, cw.counts["units"]) for cw in out] == [(30_000, 1.0)]
+    assert st_.trend.n_seen == 1 and st_.trend.is_provisional
+    assert st_.n_closed == 31
+
+
+def test_live_models_stay_bounded_by_active_items():
+    """Many items, each active in a few windows: trained models exist only for recently active items."""
+    cfg = WindowConfig(size_ms=1000, grace_ms=0, idle_windows=3)
+    rng = random.Random(7)
+    states: dict[str, ItemState] = {}
+    pending: dict[int, set] = {}
+    active_at: dict[str, int] = {}
+    peak = 0
+    for w in range(200):
+        for j in range(50):  # 50 new items a window, each active for 4 windows in a row
+            item = f"i{w}-{j}"
+            for k in range(4):
+                st_ = states.setdefault(item, ItemState(item))
+                ts = (w + k) * 1000 + rng.randrange(1000)
+                st_.apply({**order_rec(f"{item}-{k}", ts), "i": item}, cfg)
+                s = cfg.start_of(ts)
+                pending.setdefault(s, set()).add(item)
+                pending.setdefault(dormancy_check_window(s, cfg), set()).add(item)
+                active_at[item] = w + k
+        wm = (w + 1) * 1000
+        for s in sorted(s for s in pending if cfg.closable(s, wm)):
+            for item in pending.pop(s):
+                states[item].close_windows(cfg, wm)
+        live = sum(1 for s_ in states.values() if s_.trend.n_seen > 0)
+        peak = max(peak, live)
+    # Items touched in the last 4 + idle windows at most; 10,000 items seen in all.
+    assert len(states) == 10_000
+    assert peak <= 50 * (4 + cfg.idle_windows + 1)
+
+
+# -- the owners' watermark -----------------------------------------------------------------
+
+def test_partition_meta_waits_for_every_input_partition_and_never_goes_back():
+    from launchpulse.stream.pipeline import PartitionMeta
+
+    m = PartitionMeta()
+    # An ingest holding two of four partitions: time does not move until every partition is heard of.
+    assert m.hear({"c:0": [500, False], "c:1": [900, False]}, 4) == 0
+    # The other ingest reports the rest: the minimum over non-idle partitions.
+    assert m.hear({"o:0": [700, False], "o:1": [100, True]}, 4) == 500
+    # A partition's figure is the max ever reported: a new holder restarting from 0 does not pull it back.
+    assert m.hear({"c:0": [0, False]}, 4) == 500
+    # The first ingest died while c:0 had data: its last report keeps holding time back.
+    assert m.hear({"o:0": [5000, False], "c:1": [5000, False]}, 4) == 500
+    assert m.hear({"c:0": [800, False]}, 4) == 800
+    # Idle partitions do not hold time; all idle: the max.
+    assert m.hear({"c:0": [800, True], "c:1": [5000, True], "o:0": [5000, True]}, 4) == 5000
+    again = PartitionMeta.from_bytes(m.to_bytes())
+    assert (again.parts, again.n_parts, again.watermark) == (m.parts, m.n_parts, m.watermark)
+    with pytest.raises(ValueError):
+        PartitionMeta.from_bytes(orjson.dumps({"version": 4}))
