@@ -9,6 +9,15 @@ item, :func:`~.decisions.decide_item` with the given thresholds. Those few lines
 are replicated here (see :func:`_score_batch`), not shared: keep them in step
 with the worker.
 
+The session and category owners the lead wires next run beside it (``_SessionsAndCategories``):
+every event also goes through :func:`~.routing.route_session_records` (sessions keyed by user,
+closed by watermark; each closed session teaches its items their co-view / co-cart partners) and
+:func:`~.routing.route_category_records` (category windows closed with the items' windows, judged by
+:func:`~.decisions.decide_category`); each new item's closed window is also judged by
+:func:`~.decisions.decide_homogeneity` on its substitute neighbourhood. Those three types
+(:data:`PLANTED_ONLY`) are scored against planted truths only: no outcome oracle or naive baseline
+exists for them yet.
+
 Two scorings, both against naive-rule baselines run on the same evidence with the
 same cooldown/hysteresis memory:
 
@@ -27,19 +36,40 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
 
 from launchpulse.schemas.validate import Invalid, validate_event
 
 from . import features
-from .decisions import Evidence, SignalMemory, Thresholds, decide_item
+from .category import CategoryState, cadence_evidence
+from .decisions import (
+    CADENCE_MODEL_VERSION,
+    HOMOGENEITY_MODEL_VERSION,
+    Evidence,
+    SignalMemory,
+    Thresholds,
+    decide_category,
+    decide_homogeneity,
+    decide_item,
+    neighbourhood_evidence,
+)
 from .itemstate import ClosedWindow
+from .routing import route_category_records, route_session_records
+from .sessions import (
+    DueIndex,
+    SessionConfig,
+    SessionTotals,
+    UserSessions,
+    learn_session_record,
+)
 from .simulate import Simulator
 from .windows import WindowConfig
 
-IMPLEMENTED = ("boost_exposure", "restock_risk", "overstock_risk", "bundle_opportunity")
-NOT_IMPLEMENTED = ("homogeneity_warning", "slow_cadence")
+IMPLEMENTED = ("boost_exposure", "restock_risk", "overstock_risk", "bundle_opportunity")  # outcome-scored too
+DEFAULT_THRESHOLDS = Thresholds()
+PLANTED_ONLY = ("homogeneity_warning", "accelerate_cadence", "slow_cadence")  # no outcome oracle yet
+NOT_IMPLEMENTED: tuple = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +246,7 @@ def _ratio(num: int, den: int) -> float | None:
 
 
 def _subject_key(kind: str, subject: dict) -> tuple:
-    if kind in ("bundle_opportunity", "homogeneity_warning"):
+    if kind == "bundle_opportunity":
         return tuple(sorted((subject["item_id"], subject["partner_item_id"])))
     if "category_id" in subject:
         return ("category", subject["category_id"])
@@ -226,6 +256,8 @@ def _subject_key(kind: str, subject: dict) -> tuple:
 def _sig_key(s: dict) -> tuple:
     if s["type"] == "bundle_opportunity":
         return tuple(sorted((s["item_id"], s["partner_item_id"])))
+    if "category_id" in s:
+        return ("category", s["category_id"])
     return (s["item_id"],)
 
 
@@ -234,13 +266,14 @@ def _planted(signals: list[dict], truths: list[dict]) -> dict:
     for t in truths:
         by_type[t["type"]].append(t)
     out = {}
-    for kind in list(IMPLEMENTED) + [k for k in by_type if k not in IMPLEMENTED]:
+    scored = IMPLEMENTED + PLANTED_ONLY
+    for kind in list(scored) + [k for k in by_type if k not in scored]:
         ts = by_type.get(kind, [])
         sigs = [s for s in signals if s["type"] == kind]
-        if kind not in IMPLEMENTED:
+        if kind not in scored:
             out[kind] = {"status": "not implemented", "truths": len(ts), "signals": len(sigs),
                          "precision": None, "recall": None,
-                         "note": "decide_item emits no such signal; the planted truths are kept for when it does"}
+                         "note": "no rule emits such a signal; the planted truths are kept for when one does"}
             continue
         index: dict[tuple, list] = defaultdict(list)
         for t in ts:
@@ -266,6 +299,8 @@ def _planted(signals: list[dict], truths: list[dict]) -> dict:
 
 
 def _brief(s: dict) -> dict:
+    if "category_id" in s:
+        return {"category_id": s["category_id"], "window": s["window_index"]}
     d = {"item_id": s["item_id"], "window": s["window_index"]}
     if "partner_item_id" in s:
         d["partner_item_id"] = s["partner_item_id"]
@@ -311,9 +346,9 @@ def _positives(rec: _Recorder, oracle: _Oracle, th: Thresholds, rules: OutcomeRu
     pos: dict[str, set] = {k: set() for k in IMPLEMENTED}
     for item, w, age, stock in rec.windows:
         key = (item,)
-        if age is not None and age <= th.new_item_windows and key not in pos["boost_exposure"]:
-            if oracle.boost(item, w):
-                pos["boost_exposure"].add(key)
+        if (age is not None and age <= th.new_item_windows and key not in pos["boost_exposure"]
+                and oracle.boost(item, w)):
+            pos["boost_exposure"].add(key)
         if stock is not None:
             if key not in pos["restock_risk"] and oracle.restock(item, w, stock):
                 pos["restock_risk"].add(key)
@@ -349,17 +384,127 @@ def _record(sig: dict | None, kind: str, ev: Evidence, w_index: int, partner: st
     return d
 
 
-def run_backtest(events: Iterable[dict], cfg: WindowConfig, scorer, thresholds: Thresholds = Thresholds(),
+class _LiveCount:
+    """Sessions per item (``assoc.n_view`` / ``n_cart``), read live: the worker's global session counts."""
+
+    __slots__ = ("_kind", "_s")
+
+    def __init__(self, states: dict, kind: str):
+        self._s, self._kind = states, kind
+
+    def get(self, key: str, default=0):
+        st = self._s.get(key)
+        return st.assoc.count(self._kind) if st is not None else default
+
+
+class _SessionsAndCategories:
+    """The session and category owners of the worker, single-partition: what the lead wires next.
+
+    Sessions (keyed ``user:<pseudonym>``) close by watermark through a :class:`~.sessions.DueIndex`;
+    each closed session teaches every item it touched its co-view / co-cart partners (the item records
+    of :meth:`~.sessions.SessionSummary.item_records`, applied once per id). Categories close their
+    windows when the watermark passes them and are judged by :func:`~.decisions.decide_category`.
+    """
+
+    def __init__(self, cfg: WindowConfig, scfg: SessionConfig, th: Thresholds, sim: Simulator, sessions: bool,
+                 categories: bool):
+        self.cfg, self.scfg, self.th, self.sim = cfg, scfg, th, sim
+        self.sessions_on, self.categories_on = sessions, categories
+        self.users: dict[str, UserSessions] = {}
+        self.due = DueIndex()
+        self.totals = SessionTotals()
+        self.sessions_closed = 0
+        self.sessions_ordered = 0
+        self.max_open_users = 0
+        self.cats: dict[str, CategoryState] = {}
+        self.cat_memory: dict[str, SignalMemory] = {}
+        self.boundary: int | None = None
+
+    def apply(self, e) -> None:
+        if self.sessions_on:
+            for key, rec in route_session_records(e):
+                u = self.users.get(key)
+                if u is None:
+                    u = self.users[key] = UserSessions(key)
+                u.apply(rec, self.scfg)
+                self.due.push(key, u.next_due_ms(self.scfg))
+            self.max_open_users = max(self.max_open_users, len(self.users))
+        if self.categories_on:
+            for key, rec in route_category_records(e):
+                c = self.cats.get(key)
+                if c is None:
+                    c = self.cats[key] = CategoryState(rec["c"], new_windows=self.th.new_item_windows)
+                c.apply(rec, self.cfg)
+
+    def close_sessions(self, watermark: int) -> None:
+        nxt = self.due.next_due_ms()
+        if nxt is None or nxt > watermark:
+            return
+        for key in self.due.pop_due(watermark):
+            u = self.users[key]
+            for summary in u.close(watermark, self.scfg):
+                self.sessions_closed += 1
+                self.sessions_ordered += summary.ordered
+                self.totals.add(summary)
+                for item, rec in summary.item_records():
+                    learn_session_record(self.sim.state(item).assoc, rec)
+            nxt = u.next_due_ms(self.scfg)
+            if nxt is None and u.is_empty():
+                del self.users[key]
+            else:
+                self.due.push(key, nxt)
+
+    def close_categories(self, watermark: int, w_index: Callable, signals: list) -> None:
+        b = self.cfg.start_of(max(0, watermark - self.cfg.grace_ms))
+        if self.boundary is not None and b <= self.boundary:
+            return
+        self.boundary = b
+        for key in sorted(self.cats):
+            c = self.cats[key]
+            for cw in c.close_windows(self.cfg, watermark):
+                ev = cadence_evidence(c, self.cfg, self.th, window_start=cw.start_ms)
+                mem = self.cat_memory.get(key)
+                if mem is None:
+                    mem = self.cat_memory[key] = SignalMemory()
+                for sig in decide_category(ev, mem, CADENCE_MODEL_VERSION, self.th):
+                    signals.append({"type": sig["type"], "category_id": ev.category_id,
+                                    "window_start_ms": ev.window_start, "window_index": w_index(ev.window_start),
+                                    "score": sig["score"], "signal_id": sig["signal_id"]})
+
+    def homogeneity(self, cw: ClosedWindow, ev: Evidence, mem: SignalMemory, n_total: int, item_orders) -> list[dict]:
+        th = self.th
+        if ev.age_windows is None or ev.age_windows > th.new_item_windows:
+            mem.clear("homogeneity_warning")
+            return []
+        st = cw.state
+        nb = neighbourhood_evidence(st.assoc, item_orders, n_total, _LiveCount(self.sim.states, "view"),
+                                    self.totals.view_sessions, _LiveCount(self.sim.states, "cart"),
+                                    self.totals.cart_sessions, th)
+        return decide_homogeneity(ev, nb, mem, HOMOGENEITY_MODEL_VERSION, th)
+
+    def report(self) -> dict:
+        return {"sessions_closed": self.sessions_closed, "sessions_ordered": self.sessions_ordered,
+                "view_sessions": self.totals.view_sessions, "cart_sessions": self.totals.cart_sessions,
+                "users_held_max": self.max_open_users, "categories": len(self.cats)}
+
+
+def run_backtest(events: Iterable[dict], cfg: WindowConfig, scorer, thresholds: Thresholds = DEFAULT_THRESHOLDS,
                  truths: list[dict] | None = None, *, outcome_rules: OutcomeRules = OutcomeRules(),
-                 baselines: bool = True, keep_signals: bool = False, decide: Callable = decide_item) -> dict:
+                 baselines: bool = True, keep_signals: bool = False, decide: Callable = decide_item,
+                 sessions: bool = True, categories: bool = True,
+                 session_config: SessionConfig | None = None) -> dict:
     """Replay ``events`` (dicts with ``kind``) and score the signals; returns a JSON-ready report.
 
     ``decide`` is :func:`~.decisions.decide_item` (what the worker runs); pass a variant with the same
-    signature to measure a proposed rule change on the same replay.
+    signature to measure a proposed rule change on the same replay. ``sessions`` / ``categories``:
+    also run the session owners (co-views for ``homogeneity_warning``) and the category owners
+    (``accelerate_cadence`` / ``slow_cadence``); the session grace is the window grace.
     """
     t0 = time.perf_counter()
     th = thresholds
     sim = Simulator(cfg)
+    side = _SessionsAndCategories(cfg, session_config or SessionConfig(grace_ms=cfg.grace_ms), th, sim,
+                                  sessions, categories)
     rec = _Recorder(cfg, track_pairs=True)
     live_orders = _LiveOrders(sim.states)
     memories: dict[str, SignalMemory] = {}
@@ -392,6 +537,11 @@ def run_backtest(events: Iterable[dict], cfg: WindowConfig, scorer, thresholds: 
                 partner = sig["evidence"].get("partner_item_id") if sig["type"] == "bundle_opportunity" else None
                 signals.append(_record(sig, sig["type"], ev, w_index(ev.window_start), partner))
             # == end of the worker's lines ==
+            if sessions:  # homogeneity_warning: what the lead adds to the worker's lines
+                for sig in side.homogeneity(cw, ev, mem, n_total, live_orders):
+                    r = _record(sig, sig["type"], ev, w_index(ev.window_start))
+                    r["substitutes"] = [x["item_id"] for x in sig["evidence"]["substitutes"]]
+                    signals.append(r)
             rec.window(cw, ev)
             n_windows += 1
             if baselines:
@@ -425,8 +575,12 @@ def run_backtest(events: Iterable[dict], cfg: WindowConfig, scorer, thresholds: 
     def feed():
         nonlocal n_events
         for obj in events:
+            if sessions:  # sessions the watermark has passed teach their items before those windows are judged
+                side.close_sessions(sim.watermark)
             if pending:  # the simulator asks for the next event: the previous close is complete
                 score_batch()
+            if categories and origin:
+                side.close_categories(sim.watermark, w_index, signals)
             n_events += 1
             kind = obj.get("kind") if isinstance(obj, dict) else None
             try:
@@ -438,12 +592,18 @@ def run_backtest(events: Iterable[dict], cfg: WindowConfig, scorer, thresholds: 
                 origin.append(cfg.start_of(e.ts_ms))
             if kind == "order":
                 rec.order(e)
+            if not cfg.is_late(e.ts_ms, sim.watermark):  # the simulator refuses late events: so do the owners
+                side.apply(e)
             yield e
 
-    for cw in sim.run(feed()):
-        pending.append(cw)
+    for cw in sim.run(feed()):  # feed() reads and clears pending between windows: append one by one
+        pending.append(cw)  # noqa: PERF402
+    if sessions:
+        side.close_sessions(sim.watermark)
     if pending:
         score_batch()
+    if categories and origin:
+        side.close_categories(sim.watermark, w_index, signals)
 
     oracle = _Oracle(rec, th, outcome_rules)
     positives = _positives(rec, oracle, th, outcome_rules)
@@ -455,6 +615,7 @@ def run_backtest(events: Iterable[dict], cfg: WindowConfig, scorer, thresholds: 
         "outcome_rules": asdict(outcome_rules),
         "signals": _count(signals), "baseline_signals": _count(naive) if baselines else None,
         "outcome": _outcome(signals, rec, oracle, th, outcome_rules, positives),
+        "sessions_and_categories": side.report(),
     }
     if baselines:
         report["outcome_baseline"] = _outcome(naive, rec, oracle, th, outcome_rules, positives)

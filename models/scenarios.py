@@ -21,10 +21,14 @@ replenished below 8 windows of demand) plus planted scenarios:
  c     overstock_risk        stock of ~150+ windows of flat or falling demand, item    item
                              older than ``overstock_min_age_windows``
  d     bundle_opportunity    two items put together in ~1.5 extra orders per window    item pair
- e     homogeneity_warning   a launch viewed in the same sessions as an existing item  item pair
-                             but almost never bought with it
- f     slow_cadence          eight launches in one category while the category's      category
-                             total demand stays flat (the launches cannibalise)
+ e     homogeneity_warning   a launch viewed in the same sessions (one shopper, two    item (its
+                             views 30 s apart, ~12 a window) as an existing item but   substitute in
+                             bought with it only by chance                             the truth)
+ f     slow_cadence          six launches in a category of ~150 units a window that    category
+                             either take their units from the established items
+                             (``cat-cad-sat``) or sell nothing (``cat-cad-flop``)
+ g     accelerate_cadence    six (five) launches, each adding demand while the         category
+                             established items keep theirs (``cat-cad-grow[2]``)
 ====  ====================  ========================================================  ===============
 
 Near-misses, which must NOT fire, make precision meaningful (item ids carry the
@@ -32,8 +36,20 @@ role, e.g. ``nm-oldgrow-1``): old items growing as fast as (a); new items with
 high flat interest; new items whose views surge while units do not follow;
 stock replenished just in time; big stock with rising demand; two staples
 co-bought often by chance (lift ~1); pairs co-bought mildly above chance
-(lift ~1.8); pairs co-bought far above chance but rarely (6 orders); a second
-category with launches whose total demand grows.
+(lift ~1.8); pairs co-bought far above chance but rarely (6 orders); two old
+items compared as often as (e); a launch compared with an existing item only
+~0.3 times a window; a launch viewed beside many different items, none often;
+categories whose demand rises with the established items while launches take
+~1 %, whose launches add demand but take half of it from the established items,
+or with no launches and falling demand.
+
+Every other clickstream event is a session of its own (its own session id and a
+random user). A launch planted for an item rule gets a category of its own
+(``cat-solo-<item>``), so that category rules are judged on the planted
+categories; ``generate`` draws everything added for (e)'s near-misses, (f) and
+(g) from a second generator, so the background and (a)-(e) keep the clicks,
+units and stock per window of the version without them (which baskets hold the
+units, and when in its window an order falls, do change).
 
 Window ranges in truths are inclusive window indices (0 = the window holding
 ``start_ms``) and the matching ``from_ms``/``to_ms`` window starts.
@@ -51,8 +67,9 @@ MIN_AGE = 7  # Thresholds.overstock_min_age_windows
 
 SCENARIO_TYPES = {
     "a": "boost_exposure", "b": "restock_risk", "c": "overstock_risk", "d": "bundle_opportunity",
-    "e": "homogeneity_warning", "f": "slow_cadence",
+    "e": "homogeneity_warning", "f": "slow_cadence", "g": "accelerate_cadence",
 }
+CADENCE_PREFIX = "cat-cad-"  # the planted categories of (f) and (g) and their near-misses
 
 
 def poisson(rng: random.Random, lam: float) -> int:
@@ -60,7 +77,7 @@ def poisson(rng: random.Random, lam: float) -> int:
     if lam <= 0:
         return 0
     if lam > 30:
-        return max(0, int(round(rng.gauss(lam, math.sqrt(lam)))))
+        return max(0, round(rng.gauss(lam, math.sqrt(lam))))
     limit = math.exp(-lam)
     k, p = 0, rng.random()
     while p > limit:
@@ -85,6 +102,7 @@ class _Item:
     refill_at: dict = field(default_factory=dict)  # window -> stock set at its start (explicit)
     no_refill: bool = False
     refill_after_out: int | None = None  # replenish this many windows after the stock ran out
+    pack: int = 1  # > 1: bought in lines of this many units (cases), so few baskets carry many units
 
 
 class _Gen:
@@ -112,8 +130,7 @@ class _Gen:
         w_from, w_to = max(0, w_from), min(self.n - 1, w_to)
         self.truths.append({"type": kind, "scenario": scenario, "subject": subject, "window_from": w_from,
                             "window_to": w_to, "from_ms": self.wstart(w_from), "to_ms": self.wstart(w_to),
-                            "implemented": kind in ("boost_exposure", "restock_risk", "overstock_risk",
-                                                    "bundle_opportunity"), "note": note})
+                            "implemented": True, "note": note})
 
     def profile(self, base: float, launch_w: int | None = None, season: float = 0.15) -> list:
         phase = self.rng.uniform(0, 2 * math.pi)
@@ -121,6 +138,11 @@ class _Gen:
                 base * (1 + season * math.sin(2 * math.pi * w / 7 + phase)) for w in range(self.n)]
 
     def add(self, it: _Item) -> _Item:
+        if it.launch_w is not None and not it.category.startswith(CADENCE_PREFIX):
+            # A launch planted for an item rule gets a category of its own (set after the draw, so the
+            # stream is otherwise unchanged): category rules are judged on the planted categories only,
+            # and a one-launch category is never judged (Thresholds.cadence_min_launches).
+            it.category = f"cat-solo-{it.item_id}"
         for name in ("views", "carts", "units"):
             if not getattr(it, name):
                 setattr(it, name, [0.0] * self.n)
@@ -135,9 +157,11 @@ class _Gen:
             rec["stock"] = int(stock)
         self.events.append((ts, 0, it.item_id, rec))
 
-    def click(self, it: _Item, w: int, etype: str, session: str | None = None, ts: int | None = None) -> None:
+    def click(self, it: _Item, w: int, etype: str, session: str | None = None, ts: int | None = None,
+              user: str | None = None) -> None:
         self._seq += 1
-        user = f"u{self.rng.randrange(5000)}"
+        drawn = f"u{self.rng.randrange(5000)}"  # drawn even when given: the other events stay where they were
+        user = user or drawn
         ts = self.ts(w) if ts is None else ts
         rec = {"kind": "clickstream", "event_id": f"c{self._seq}", "ts": ts, "user_id": user,
                "session_id": session or f"s{self._seq}", "event_type": etype, "item_id": it.item_id,
@@ -169,16 +193,16 @@ class _Gen:
                 if remaining == 0 and it.refill_after_out is not None and not out_seen:
                     out_seen = True
                     if w + it.refill_after_out < self.n:
-                        it.refill_at[w + it.refill_after_out] = int(math.ceil(25 * it.units[w]))
+                        it.refill_at[w + it.refill_after_out] = math.ceil(25 * it.units[w])
                     it.no_refill = False  # back to the normal policy after the planted stock-out
                 while u > 0:  # mostly one unit per line, sometimes two
-                    q = 2 if u >= 2 and rng.random() < 0.15 else 1
+                    q = min(u, it.pack) if it.pack > 1 else 2 if u >= 2 and rng.random() < 0.15 else 1
                     self.lines[w].append((it, q))
                     u -= q
                 rate = it.units[min(w + 1, self.n - 1)]
                 if (remaining is not None and it.refill_below is not None and not it.no_refill and w + 1 < self.n
                         and (w + 1) not in it.refill_at and remaining < it.refill_below * rate):
-                    it.refill_at[w + 1] = int(math.ceil(it.refill_to * rate))
+                    it.refill_at[w + 1] = math.ceil(it.refill_to * rate)
 
     def emit_orders(self) -> None:
         rng = self.rng
@@ -383,6 +407,14 @@ def generate(seed: int = 0, n_windows: int = 60, n_background: int = 200, window
         a, b = pair_items(f"nm-rarepair-{k}", 1.0)
         plant(a, b, 0.0, 5, n - 1, total=6)
     # -- (e) homogeneity_warning: a near-duplicate launch, co-viewed, rarely co-bought
+    def compare(a: _Item, b: _Item, w: int, tag: str, j: int) -> None:
+        """One shopper's session viewing both items a few seconds apart."""
+        sess = f"cmp-{tag}-{w}-{j}"
+        user = f"uc-{tag}-{w}-{j}"
+        t = g.ts(w)
+        g.click(a, w, "view", session=sess, ts=t, user=user)
+        g.click(b, w, "view", session=sess, ts=min(t + 30_000, g.wstart(w + 1) - 1), user=user)
+
     for k in range(3):
         existing = g.add(_Item(f"sc-dupbase-{k}", rng.choice(cats), price(), None, age0=rng.randrange(60, 300)))
         existing.views = g.profile(30.0, season=0.0)
@@ -390,40 +422,106 @@ def generate(seed: int = 0, n_windows: int = 60, n_background: int = 200, window
         existing.units = [x * 0.12 for x in existing.views]
         launch = rng.randrange(5, n - NEW_WINDOWS - 5)
         dup = g.add(_Item(f"sc-dup-{k}", existing.category, round(existing.price * 0.95, 2), launch))
+        existing.category = dup.category  # the pair's own category (see add)
         dup.views = g.profile(50.0, launch, season=0.0)
         dup.carts = [x * 0.2 for x in dup.views]
         dup.units = [x * 0.1 for x in dup.views]
         for w in range(launch, n):
             for j in range(poisson(rng, 12.0)):  # shoppers comparing the two in one session
-                sess = f"cmp-{k}-{w}-{j}"
-                t = g.ts(w)
-                g.click(existing, w, "view", session=sess, ts=t)
-                g.click(dup, w, "view", session=sess, ts=min(t + 30_000, g.wstart(w + 1) - 1))
-        g.truth("homogeneity_warning", "e", {"item_id": dup.item_id, "partner_item_id": existing.item_id},
-                launch + 2, launch + NEW_WINDOWS, "co-viewed in ~12 sessions per window, co-bought only by chance")
-    # -- (f) slow_cadence: a category saturating; and a control category whose demand grows
-    for cat, saturating in (("cat-sat", True), ("cat-grow", False)):
-        olds = []
-        for k in range(6):
-            it = g.add(_Item(f"{'sc' if saturating else 'nm'}-{cat}-old{k}", cat, price(), None, age0=rng.randrange(60, 300)))
-            olds.append(it)
-        launches = sorted(rng.sample(range(10, n - 10), 8))
-        news = [g.add(_Item(f"{'sc' if saturating else 'nm'}-{cat}-new{k}", cat, price(), lw)) for k, lw in enumerate(launches)]
-        total = 48.0  # category views per window
+                compare(existing, dup, w, f"e{k}", j)
+        # The signal may come as soon as the launch window's comparisons are counted.
+        g.truth("homogeneity_warning", "e", {"item_id": dup.item_id}, launch, launch + NEW_WINDOWS,
+                f"co-viewed with {existing.item_id} in ~12 sessions per window, co-bought only by chance")
+        g.truths[-1]["substitute_item_id"] = existing.item_id
+    # Everything below draws from a second generator, after the draws the earlier version of this file
+    # made here: the planted scenarios above keep their realisations (and the item rules their figures).
+    for _ in range(2):
+        for _k in range(6):
+            price()
+            rng.randrange(60, 300)
+        rng.sample(range(10, n - 10), 8)
+        for _k in range(8):
+            price()
+    main_rng = rng
+    rng = g.rng = random.Random(f"launchpulse-scenarios-extra-{seed}")
+    # near-misses of (e): two old items compared as often; a launch compared with an existing item only
+    # rarely (~0.3 sessions per window); a launch viewed beside many different items, none often
+    for k in range(2):
+        a = g.add(_Item(f"nm-cmpold-{k}-a", f"cat-cmpold-{k}", price(), None, age0=rng.randrange(60, 300)))
+        b = g.add(_Item(f"nm-cmpold-{k}-b", f"cat-cmpold-{k}", price(), None, age0=rng.randrange(60, 300)))
+        for it in (a, b):
+            it.views = g.profile(30.0, season=0.0)
+            it.carts = [x * 0.2 for x in it.views]
+            it.units = [x * 0.12 for x in it.views]
         for w in range(n):
-            live = [it for it in news if it.launch_w <= w]
-            per_new = 3.0
-            old_share = (total - per_new * len(live)) / len(olds) if saturating else total / len(olds)
+            for j in range(poisson(rng, 12.0)):
+                compare(a, b, w, f"old{k}", j)
+    for k in range(2):
+        base = g.add(_Item(f"nm-cmprare-{k}-base", f"cat-cmprare-{k}", price(), None, age0=rng.randrange(60, 300)))
+        launch = rng.randrange(5, n - NEW_WINDOWS - 5)
+        new = g.add(_Item(f"nm-cmprare-{k}", f"cat-cmprare-{k}", price(), launch))
+        base.category = new.category
+        for it, lw in ((base, None), (new, launch)):
+            it.views = g.profile(30.0, lw, season=0.0)
+            it.carts = [x * 0.2 for x in it.views]
+            it.units = [x * 0.12 for x in it.views]
+        for w in range(launch, n):
+            for j in range(poisson(rng, 0.3)):
+                compare(base, new, w, f"rare{k}", j)
+    backgrounds = [it for it in g.items if it.item_id.startswith("bg-")]
+    for k in range(2):
+        launch = rng.randrange(5, n - NEW_WINDOWS - 5)
+        new = g.add(_Item(f"nm-cmpmany-{k}", "cat-cmpmany", price(), launch))
+        new.views = g.profile(30.0, launch, season=0.0)
+        new.carts = [x * 0.2 for x in new.views]
+        new.units = [x * 0.12 for x in new.views]
+        for w in range(launch, n):
+            for j in range(poisson(rng, 12.0)):
+                compare(rng.choice(backgrounds), new, w, f"many{k}", j)
+    # -- (f) slow_cadence and (g) accelerate_cadence: planted categories of 6 established items of ~25 units
+    # per window and launches a few windows apart. The rules judge units over week-long halves: ~150 units
+    # per window keep that mostly signal. Bought by the case (10 units a line) with few clicks per unit, so
+    # that they neither swell the basket count the bundle lifts are measured against nor give the item
+    # rules, which need interest, anything to judge.
+    def category(tag: str, n_launch: int, old_units, new_units: float, every: int = 3) -> tuple[str, int]:
+        """old_units(w, live) -> units of each established item; returns (category, first launch)."""
+        cat = CADENCE_PREFIX + tag
+        first = rng.randrange(12, max(13, min(22, n - 20)))
+        olds = [g.add(_Item(f"{cat}-old{k}", cat, price(), None, age0=rng.randrange(60, 300), pack=10))
+                for k in range(6)]
+        news = [g.add(_Item(f"{cat}-new{k}", cat, price(), first + every * k, pack=10)) for k in range(n_launch)]
+        for w in range(n):
+            live = sum(1 for it in news if it.launch_w <= w)
             for it in olds:
-                it.views[w] = old_share
-            for it in live:
-                it.views[w] = per_new * 0.8
-            for it in olds + live:
-                it.carts[w] = it.views[w] * 0.2
-                it.units[w] = it.views[w] * 0.12
-        if saturating:
-            g.truth("slow_cadence", "f", {"category_id": cat}, launches[3], n - 1,
-                    f"8 launches (windows {launches}) while category views stay ~{total:g} per window")
+                it.units[w] = old_units(w, live)
+            for it in news:
+                if it.launch_w <= w:
+                    it.units[w] = new_units
+            for it in olds + news:
+                it.views[w], it.carts[w] = it.units[w] * 0.08, it.units[w] * 0.02
+        return cat, first
+
+    # (f1) the launches cannibalise: category units stay at 150 while each launch takes 20 of them
+    cat, first = category("sat", 6, lambda w, live: (150.0 - 20.0 * live) / 6, 20.0)
+    g.truth("slow_cadence", "f", {"category_id": cat}, first + 6, n - 1,
+            f"6 launches from window {first}, 3 windows apart, taking their demand from the established items")
+    # (f2) the launches do not sell: ~0.05 units per window each
+    cat, first = category("flop", 6, lambda w, live: 25.0, 0.05)
+    g.truth("slow_cadence", "f", {"category_id": cat}, first + 6, n - 1,
+            f"6 launches from window {first}, 3 windows apart, that take no share of the category's demand")
+    # (g) the launches add demand: each sells like an established item, which keep theirs
+    cat, first = category("grow", 6, lambda w, live: 25.0, 25.0)
+    g.truth("accelerate_cadence", "g", {"category_id": cat}, first + 6, n - 1,
+            f"6 launches from window {first}, 3 windows apart, each adding demand; established items hold")
+    cat, first = category("grow2", 5, lambda w, live: 25.0, 20.0, every=2)
+    g.truth("accelerate_cadence", "g", {"category_id": cat}, first + 4, n - 1,
+            f"5 launches from window {first}, 2 windows apart, each adding demand; established items hold")
+    # near-misses of (f) and (g): demand rising with the established items while 4 launches take ~1 %;
+    # launches adding demand but taking half of it from the established items; no launches, demand falling
+    category("nm-oldgrow", 4, lambda w, live: 25.0 * 1.03 ** max(0, w - 10), 0.5)
+    category("nm-growcannibal", 6, lambda w, live: (150.0 - 18.75 * live) / 6, 37.5)
+    category("nm-quiet", 0, lambda w, live: 25.0 * 0.98 ** max(0, w - 10), 0.0)
+    rng = g.rng = main_rng
     events, truths = g.out()
     # (b)'s truth needs the realised stock-out window (Poisson sales)
     for it, r in restock_items:

@@ -47,6 +47,7 @@ True
 """
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -302,7 +303,7 @@ class UserSessions:
         if len(sessions) > cfg.max_open_sessions:
             rest = sorted(sessions.values(), key=lambda s: (s.last_ts, s.session_key))
             out += [self._summarise(s, cfg, True) for s in rest[: len(rest) - cfg.max_open_sessions]]
-        if self.orders or self.ends:
+        if self.orders or (self.ends and self.ends[0] < watermark_ms - cfg.recency_horizon_ms):
             self._prune(watermark_ms, cfg)
         return out
 
@@ -311,7 +312,8 @@ class UserSessions:
         hi = s.last_ts + cfg.gap_ms
         first = s.first_ts
         ordered = any(first <= t <= hi for t in self.orders.values()) if self.orders else False
-        prev = max((e for e in self.ends if e < first), default=None)
+        i = bisect.bisect_left(self.ends, first)  # ends is sorted
+        prev = self.ends[i - 1] if i else None
         for o in self.sessions.values():
             if o.last_ts < first and (prev is None or o.last_ts > prev):
                 prev = o.last_ts
@@ -404,6 +406,10 @@ class DueIndex:
 
     def __len__(self) -> int:
         return len(self._due)
+
+    def next_due_ms(self) -> int | None:
+        """A lower bound of the next due time (None: nothing pushed): nothing is due before it."""
+        return self._heap[0][0] if self._heap else None
 
     def to_state(self) -> dict:
         return {"version": STATE_VERSION, "due": sorted(self._due.items())}
