@@ -623,7 +623,8 @@ def run_backtest(events: Iterable[dict], cfg: WindowConfig, scorer, thresholds: 
         report["truths"] = _count([{"type": t["type"]} for t in truths])
         report["planted"] = _planted(signals, truths)
         if baselines:
-            report["planted_baseline"] = _planted(naive, truths)
+            # no naive rule exists for the session and category types: nothing to report for them
+            report["planted_baseline"] = {k: v for k, v in _planted(naive, truths).items() if k not in PLANTED_ONLY}
     if keep_signals:
         report["signal_list"] = signals
         report["baseline_signal_list"] = naive if baselines else None
