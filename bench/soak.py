@@ -80,6 +80,7 @@ def sample(w: pb.Worker, t0: float, sent: int) -> dict:
         row[o] = pb.metric_sum(m, "launchpulse_events_total", outcome=o)
     row["late"] = pb.metric_sum(m, "launchpulse_late_events_total")
     row["lag"] = pb.metric_sum(m, "launchpulse_consumer_lag")
+    row["items"] = pb.metric_sum(m, "launchpulse_items_tracked")  # item states held: what memory should follow
     row["counted"] = row["accepted"] + row["duplicate"] + row["rejected"]
     row["backlog"] = sent - row["counted"]
     return row
@@ -106,7 +107,7 @@ async def offer(settings, w: pb.Worker, events: list, rate: float, seconds: floa
             if now >= next_sample:
                 samples.append(await loop.run_in_executor(None, sample, w, t0, i))  # i: handed to the producer
                 r = samples[-1]
-                pb.log(f"t={r['t']:.0f}s sent={i} rss={r.get('rss_mib') or 0:.0f}MiB lag={r.get('lag')} "
+                pb.log(f"t={r['t']:.0f}s sent={i} rss={r.get('rss_mib') or 0:.0f}MiB items={r.get('items')} lag={r.get('lag')} "
                        f"backlog={r.get('backlog')} late={r.get('late')}")
                 next_sample += every
                 if not w.alive():
@@ -155,6 +156,8 @@ def render_section(out: dict) -> str:
         "|---|---|",
         f"| worker RSS at the first sample (t = {s0['t']:.0f} s) | {s0['rss_mib']:.0f} MiB |",
         f"| worker RSS at the end of the offer (t = {s1['t']:.0f} s) | {s1['rss_mib']:.0f} MiB |",
+        (f"| item states held (`launchpulse_items_tracked`) at the first sample / end of the offer | "
+        f"{s0.get('items', 0):,.0f} / {s1.get('items', 0):,.0f} |"),
         f"| RSS slope over the last 8 minutes (least squares) | {out['rss_slope_mib_per_min']:+.2f} MiB/min |",
         (f"| input consumer lag, mean / max over the last 8 minutes | {out['lag_mean_last8']:,.0f} / "
         f"{out['lag_max_last8']:,.0f} messages |"),
@@ -260,7 +263,7 @@ def run(args, workdir: Path) -> int:
     out = {
         "date": subprocess.run(["date", "-u"], capture_output=True, text=True, check=False).stdout.strip(),
         "uname": " ".join(platform.uname()), "cpus": os.cpu_count(), "commit": commit,
-        "command": " ".join(["python", "bench/soak.py", *[a for a in sys.argv[1:] if not a.startswith("--commit")]]),
+        "command": " ".join(["python", "bench/soak.py", *sys.argv[1:]]),
         "rate": args.rate, "minutes": args.minutes, "sample_seconds": args.sample_seconds, "offer": res,
         "first_sample": next(s for s in samples if s.get("rss_mib")), "last_sample": last_offer,
         "rss_slope_mib_per_min": slope_per_min([(s["t"], s["rss_mib"]) for s in window]),
