@@ -180,8 +180,9 @@ class Ingest:
         """Where this ingest stands on each assigned clickstream/orders partition, for the owners' watermark.
 
         ``{"topic:partition": [max event time read, idle]}`` and the number of such partitions
-        in the input topics. A partition is idle when nothing is unread and no message came for
-        IDLE_PARTITION_S: it then no longer holds the watermark back. Owners keep the latest
+        in the input topics. A partition is idle when nothing is unread (by the broker's end
+        offset) and no message came for IDLE_PARTITION_S: it then no longer holds the watermark
+        back, and data arriving on it later than watermark - grace is late. Owners keep the latest
         report per input partition (max of event times), so a partition's figure survives the
         death of the ingest that read it until its next holder reports. Catalog records do not
         move time. None while topic metadata is unknown.
@@ -203,6 +204,7 @@ class Ingest:
                 self._start_offsets.pop(tp, None)
             self._assigned = set(assigned)
         report = {}
+        positions = {}  # partitions that look idle -> position, checked against the broker below
         for tp in assigned:
             if tp.topic not in clock_topics:
                 continue
@@ -217,8 +219,21 @@ class Ingest:
                         pos = self._start_offsets[tp] = (await c.committed(tp)) or 0
                     except Exception:  # unknown yet: pending
                         pos = -1
-            idle = hw is not None and pos >= hw and now - self.partition_heard.get(tp, -1e9) >= IDLE_PARTITION_S
-            report[f"{tp.topic}:{tp.partition}"] = [self.partition_max.get(tp, 0), idle]
+            quiet = hw is not None and pos >= hw and now - self.partition_heard.get(tp, -1e9) >= IDLE_PARTITION_S
+            report[f"{tp.topic}:{tp.partition}"] = [self.partition_max.get(tp, 0), quiet]
+            if quiet:
+                positions[tp] = pos
+        if positions:
+            # The consumer's high watermark of a partition is only as fresh as its last fetch response:
+            # right after data lands on every partition, one fetched first would make the others look
+            # idle and run time ahead of their unread data. Ask the broker for the end offsets.
+            try:
+                ends = await c.end_offsets(list(positions))
+            except Exception:  # noqa: BLE001 - unknown: not idle (holding time back is the safe side)
+                ends = {}
+            for tp, pos in positions.items():
+                if ends.get(tp) is None or pos < ends[tp]:
+                    report[f"{tp.topic}:{tp.partition}"][1] = False
         return report, n_total
 
     async def process(self, batches: dict) -> None:
