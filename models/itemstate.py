@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .associations import ItemAssociations
+from .sessions import learn_session_record
 from .trends import TrendModel
 from .windows import WindowConfig
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 RECORD_FIELDS = {
     "k": "kind: 'c' clickstream, 'o' order line, 'g' catalog",
@@ -37,6 +38,7 @@ _IDX = {name: i for i, name in enumerate(COUNTERS)}
 _CLICK_COUNTER = {"view": 0, "add_to_cart": 1, "remove_from_cart": 2, "wishlist": 3}
 
 ACCEPTED, DUPLICATE, LATE = "accepted", "duplicate", "late"
+SESSION_DEDUPE_KEEP = 1024  # closed-session ids remembered per item
 _ZERO = (0.0,) * len(COUNTERS)
 
 
@@ -83,6 +85,8 @@ class ItemState:
     n_closed: int = 0  # windows closed so far (the item's own history length)
     idle_run: int = 0  # consecutive closed windows without an event (dormant from cfg.idle_windows)
     primary_orders: int = 0  # orders whose counting record (n=1) this item carried: they sum to N
+    session_seen: dict = field(default_factory=dict)  # closed-session record id -> its time (dedupe, bounded)
+    expected_conversions: float = 0.0  # sum of the predicted purchase propensity of the sessions that touched it
     assoc: ItemAssociations = field(default_factory=ItemAssociations)
     trend: TrendModel = field(default_factory=TrendModel)
     signal_memory: dict = field(default_factory=dict)  # signal type -> last window start it fired
@@ -135,6 +139,26 @@ class ItemState:
             if rec.get("n"):
                 self.primary_orders += 1
         return ACCEPTED
+
+    def apply_session(self, rec: dict) -> bool:
+        """Learn one closed session that touched this item (a record of
+        :meth:`~.sessions.SessionSummary.item_records`); False for a repeat.
+
+        Session records carry the session's close time, which may be behind closed windows: they
+        are never late. Repeats (a replay after a crash) are recognised among the last
+        SESSION_DEDUPE_KEEP ids, which covers any replay horizon of the worker's flush cycle.
+        """
+        rid = rec["id"]
+        if rid in self.session_seen:
+            return False
+        self.session_seen[rid] = rec["t"]
+        if len(self.session_seen) > SESSION_DEDUPE_KEEP:
+            for k in list(self.session_seen)[: len(self.session_seen) - SESSION_DEDUPE_KEEP]:
+                del self.session_seen[k]
+        learn_session_record(self.assoc, rec)
+        if rec.get("pp") is not None:
+            self.expected_conversions += rec["pp"]
+        return True
 
     def _apply_catalog(self, rec: dict) -> None:
         self.status = rec.get("st")
@@ -238,6 +262,7 @@ class ItemState:
             "windows": {str(k): v for k, v in self.windows.items()}, "closed_through": self.closed_through,
             "totals": self.totals, "closed_totals": self.closed_totals, "n_closed": self.n_closed, "idle_run": self.idle_run, "primary_orders": self.primary_orders, "assoc": self.assoc.to_state(), "trend": self.trend.to_state(),
             "signal_memory": self.signal_memory,
+            "session_seen": self.session_seen, "expected_conversions": self.expected_conversions,
         }
 
     @classmethod
@@ -251,4 +276,5 @@ class ItemState:
             windows={int(k): v for k, v in d["windows"].items()}, closed_through=d["closed_through"],
             totals=list(d["totals"]), closed_totals=list(d["closed_totals"]), n_closed=d["n_closed"], idle_run=d["idle_run"], primary_orders=d["primary_orders"], assoc=ItemAssociations.from_state(d["assoc"]),
             trend=TrendModel.from_state(d["trend"]), signal_memory=dict(d["signal_memory"]),
+            session_seen=dict(d["session_seen"]), expected_conversions=d["expected_conversions"],
         )

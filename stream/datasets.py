@@ -14,7 +14,8 @@ timeline is rebuilt as follows (deterministic):
 * every basket line implies one ``add_to_cart`` click, one minute apart before the
   order, in ``add_to_cart_order``, within a session named after the order;
 * a product's catalog record (status ``live``) is sent at its first appearance,
-  with ``launched_at`` = that time and category ``instacart``. Prices are unknown:
+  with ``launched_at`` = that time and category ``instacart``; clicks and order lines
+  carry the same category (the sample has no aisles or departments). Prices are unknown:
   order lines carry price 0. The opening ``stock`` is a stated demo assumption
   (``opening_stock``), not data; without it no stock signal could be judged.
 """
@@ -32,6 +33,7 @@ from launchpulse.schemas.validate import format_ts
 END = datetime(2026, 11, 1, tzinfo=timezone.utc)
 DAY_MS = 86_400_000
 DATASETS = ("instacart",)
+CATEGORY = "instacart"  # the sample carries no aisle or department: one category for every product
 
 
 def instacart_rows() -> list[dict]:
@@ -81,15 +83,17 @@ def instacart_events(opening_stock: int | None = 40, limit: int | None = None) -
             t = ts - (n - i) * 60_000
             first_seen[product] = min(first_seen.get(product, t), t)
             events.append((t, 1, {"kind": "clickstream", "event_id": f"cart-{oid}-{i}", "ts": t, "user_id": user,
-                                  "session_id": f"session-{oid}", "event_type": "add_to_cart", "item_id": product}))
+                                  "session_id": f"session-{oid}", "event_type": "add_to_cart", "item_id": product,
+                                  "category_id": CATEGORY}))
         qty: dict[str, int] = defaultdict(int)
         for p in basket:
             qty[p] += 1
         events.append((ts, 2, {"kind": "order", "order_id": oid, "ts": ts, "user_id": user,
-                               "items": [{"item_id": p, "quantity": q, "price": 0.0} for p, q in qty.items()]}))
+                               "items": [{"item_id": p, "quantity": q, "price": 0.0, "category_id": CATEGORY}
+                                         for p, q in qty.items()]}))
     for product, t in first_seen.items():
         rec = {"kind": "catalog", "item_id": product, "ts": t - 1, "title": f"Instacart product {product}",
-               "category_id": "instacart", "price": 0.0, "status": "live", "launched_at": format_ts(t)}
+               "category_id": CATEGORY, "price": 0.0, "status": "live", "launched_at": format_ts(t)}
         if opening_stock is not None:
             rec["stock"] = opening_stock
         events.append((t - 1, 0, rec))

@@ -19,7 +19,7 @@ from collections import defaultdict
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from launchpulse.models.routing import partition_for, route_event
+from launchpulse.models.routing import partition_for, route_event_extended
 from launchpulse.models.windows import WindowConfig
 from launchpulse.schemas.validate import Pseudonymiser, dead_letter_record, parse_message
 
@@ -261,8 +261,10 @@ class Ingest:
                     if tracks_time and ev.ts_ms > part_max.get(tp, 0):
                         part_max[tp] = ev.ts_ms
                     src = [topic, tp.partition, msg.offset]
-                    for key, rec in route_event(ev):
+                    for key, rec in route_event_extended(ev):
                         rec["o"] = src
+                        if key != rec.get("i"):
+                            rec["K"] = key  # the owner's key, when it is not the record's item
                         routed[partition_for(key, n_parts)].append(rec)
             offsets[tp] = msgs[-1].offset + 1
         self._positions.update(offsets)  # as if committed, to stamp the watermark this batch reaches

@@ -36,6 +36,17 @@ class Metrics:
         self.windows_closed = Counter("launchpulse_windows_closed", "Item windows closed", registry=r)
         self.healthy = Gauge("launchpulse_healthy", "1 while the worker is consuming and its broker answers", registry=r)
         self.broker_errors = Counter("launchpulse_broker_errors", "Errors talking to the broker", ["stage"], registry=r)
+        self.sessions_closed = Counter("launchpulse_sessions_closed", "Shopping sessions closed, by label (ordered or not)",
+                                       ["label"], registry=r)
+        self.propensity_auc = Gauge("launchpulse_propensity_auc",
+                                    "Purchase propensity ROC AUC, predicted before learning each closed session "
+                                    "(this process's sessions)", registry=r)
+        self.propensity_log_loss = Gauge("launchpulse_propensity_log_loss",
+                                         "Purchase propensity mean log-loss, predict-then-learn (this process's sessions)",
+                                         registry=r)
+        # NaN until the first closed session is scored: "not evaluated yet", not a score of 0.
+        self.propensity_auc.set(float("nan"))
+        self.propensity_log_loss.set(float("nan"))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

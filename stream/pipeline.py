@@ -18,8 +18,21 @@ import faust
 import orjson
 
 from launchpulse.models import features
-from launchpulse.models.decisions import SignalMemory, Thresholds, decide_item
+from launchpulse.models.category import CategoryState, cadence_evidence
+from launchpulse.models.decisions import (
+    CADENCE_MODEL_VERSION,
+    HOMOGENEITY_MODEL_VERSION,
+    SignalMemory,
+    Thresholds,
+    decide_category,
+    decide_homogeneity,
+    decide_item,
+    neighbourhood_evidence,
+)
 from launchpulse.models.itemstate import LATE, ClosedWindow, ItemState, dormancy_check_window
+from launchpulse.models.propensity import ProgressiveScore, PropensityModel
+from launchpulse.models.routing import CATEGORY_KEY_PREFIX, USER_KEY_PREFIX
+from launchpulse.models.sessions import DueIndex, SessionConfig, SessionTotals, UserSessions
 from launchpulse.models.scorer import TrendScorer
 from launchpulse.models.trends import summarise
 from launchpulse.models.associations import rank_associations
@@ -45,13 +58,18 @@ class PartitionMeta:
     moves once every input partition has been heard of, and never goes back.
     """
 
-    __slots__ = ("parts", "n_parts", "watermark", "pending")
+    __slots__ = ("parts", "n_parts", "watermark", "pending", "due", "categories", "propensity", "session_totals")
 
-    def __init__(self, parts=None, n_parts=0, watermark=0, pending=None):
+    def __init__(self, parts=None, n_parts=0, watermark=0, pending=None, due=None, categories=None,
+                 propensity=None, session_totals=None):
         self.parts: dict[str, list] = parts or {}  # "topic:partition" -> [max event time, idle]
         self.n_parts: int = n_parts  # input partitions that hold time (clickstream + orders)
         self.watermark: int = watermark
         self.pending: dict[int, set] = pending or {}  # window start -> items with events in it
+        self.due: DueIndex = due or DueIndex()  # user keys -> when one of their sessions may close
+        self.categories: set = categories or set()  # category keys owned here (closed at every window)
+        self.propensity: PropensityModel = propensity or PropensityModel()  # learns this partition's sessions
+        self.session_totals: SessionTotals = session_totals or SessionTotals()
 
     def hear(self, report: dict, n_parts: int) -> int:
         parts = self.parts
@@ -68,25 +86,29 @@ class PartitionMeta:
         return self.watermark
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"version": 5, "parts": self.parts, "n_parts": self.n_parts, "watermark": self.watermark,
-                             "pending": {str(k): sorted(v) for k, v in self.pending.items()}})
+        return orjson.dumps({"version": 6, "parts": self.parts, "n_parts": self.n_parts, "watermark": self.watermark,
+                             "pending": {str(k): sorted(v) for k, v in self.pending.items()},
+                             "due": self.due.to_state(), "categories": sorted(self.categories),
+                             "propensity": self.propensity.to_state(), "session_totals": self.session_totals.to_state()})
 
     @classmethod
     def from_bytes(cls, b: bytes | None) -> "PartitionMeta":
         if not b:
             return cls()
         d = orjson.loads(b)
-        if d.get("version") != 5:
-            raise ValueError(f"partition meta version {d.get('version')!r} is not 5")
-        return cls(d["parts"], d["n_parts"], d["watermark"], {int(k): set(v) for k, v in d["pending"].items()})
+        if d.get("version") != 6:
+            raise ValueError(f"partition meta version {d.get('version')!r} is not 6")
+        return cls(d["parts"], d["n_parts"], d["watermark"], {int(k): set(v) for k, v in d["pending"].items()},
+                   DueIndex.from_state(d["due"]), set(d["categories"]), PropensityModel.from_state(d["propensity"]),
+                   SessionTotals.from_state(d["session_totals"]))
 
 
-def meta_keys(n_partitions: int) -> list[bytes]:
+def meta_keys(n_partitions: int, prefix: str = "#meta") -> list[bytes]:
     """A key per partition that the default partitioner maps to that partition."""
     keys: list[bytes | None] = [None] * n_partitions
     j = 0
     while None in keys:
-        k = f"#meta:{j}"
+        k = f"{prefix}:{j}"
         p = partition_for(k, n_partitions)
         if keys[p] is None:
             keys[p] = k.encode()
@@ -125,7 +147,11 @@ class Worker:
         self.ack_stream = None
         self.last_flush = time.monotonic()
         self._n_total = 0
+        self._n_sessions = (0, 0)
         self._n_total_at = -1e9
+        self.session_cfg = SessionConfig(grace_ms=s.grace_ms)
+        self.propensity_score = ProgressiveScore()  # this process's predict-then-learn score (metrics)
+        self.deleted: set[str] = set()  # keys whose state ended (a user with no open session): tombstoned
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self.envelopes_processed = 0
         self.records_processed = 0
@@ -163,6 +189,10 @@ class Worker:
         self.memory = _raw_table(app.Table("signal-memory", key_type=bytes, value_type=bytes,
                                            partitions=s.state_partitions, use_partitioner=True))
         self.totals_view = _TotalsView(self.totals, self.cache)
+        self.view_counts = _TotalsView(self.totals, self.cache, "n_view")
+        self.cart_counts = _TotalsView(self.totals, self.cache, "n_cart")
+        # Closed sessions with a view / a cart, per partition, replicated like the item totals.
+        self.session_keys = meta_keys(s.state_partitions, "#sessions")
         app.agent(self.routed, name="process")(self._process)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
@@ -218,12 +248,22 @@ class Worker:
         t0 = time.perf_counter()
         cache = self.cache
         for key in self.dirty_items:
+            if key in self.deleted:
+                continue
             self.items[key.encode()] = orjson.dumps(cache[key].to_state())
+        for key in self.deleted:
+            self.items.pop(key.encode(), None)
+            cache.pop(key, None)
+        self.deleted.clear()
         for key in self.dirty_totals:
             st = cache[key]
-            self.totals[key.encode()] = [st.assoc.n_item, st.primary_orders]
+            a = st.assoc
+            self.totals[key.encode()] = [a.n_item, st.primary_orders, a.n_view, a.n_cart]
         for p in self.dirty_metas:
-            self.meta[self.meta_keys[p]] = self.metas[p].to_bytes()
+            meta = self.metas[p]
+            self.meta[self.meta_keys[p]] = meta.to_bytes()
+            t = meta.session_totals
+            self.totals[self.session_keys[p]] = [t.view_sessions, t.cart_sessions]
         self.dirty_items.clear()
         self.dirty_totals.clear()
         self.dirty_metas.clear()
@@ -237,11 +277,18 @@ class Worker:
         self.metrics.items_tracked.set(len(cache))
         self.metrics.stage.labels("flush").observe(time.perf_counter() - t0)
 
-    def _state(self, key: str) -> ItemState:
+    def _state(self, key: str):
+        """The state behind a key: ItemState, or UserSessions (``user:``), or CategoryState (``category:``)."""
         st = self.cache.get(key)
         if st is None:
             raw = self.items.get(key.encode())
-            st = ItemState.from_state(orjson.loads(raw)) if raw else ItemState(key)
+            if key.startswith(USER_KEY_PREFIX):
+                st = UserSessions.from_state(orjson.loads(raw)) if raw else UserSessions(key)
+            elif key.startswith(CATEGORY_KEY_PREFIX):
+                st = CategoryState.from_state(orjson.loads(raw)) if raw else CategoryState(
+                    key[len(CATEGORY_KEY_PREFIX):], new_windows=self.thresholds.new_item_windows)
+            else:
+                st = ItemState.from_state(orjson.loads(raw)) if raw else ItemState(key)
             if len(self.cache) >= CACHE_MAX_ITEMS:
                 # Evict clean entries only; dirty ones are written at the next flush.
                 for k in [k for k in list(self.cache)[: CACHE_MAX_ITEMS // 5] if k not in self.dirty_items]:
@@ -249,13 +296,18 @@ class Worker:
             self.cache[key] = st
         return st
 
-    def peek(self, key: str) -> ItemState | None:
-        """An item's current state for the read path (applied changes included), or None."""
+    def peek(self, key: str):
+        """An item's (or a ``category:`` key's) current state for the read path, or None."""
+        if key.startswith(USER_KEY_PREFIX):
+            return None  # sessions are not served
         st = self.cache.get(key)
         if st is not None:
             return st
         raw = self.items.get(key.encode())
-        return ItemState.from_state(orjson.loads(raw)) if raw else None
+        if not raw:
+            return None
+        cls = CategoryState if key.startswith(CATEGORY_KEY_PREFIX) else ItemState
+        return cls.from_state(orjson.loads(raw))
 
     def _meta(self, partition: int) -> PartitionMeta:
         meta = self.metas.get(partition)
@@ -271,20 +323,36 @@ class Worker:
         meta = self._meta(partition)
         dirty = self.dirty_items
         late_before = meta.watermark - cfg.grace_ms
+        wm_before = meta.watermark
         for rec in recs:
-            key = rec["i"] if rec["i"] is not None else "session:" + rec["s"]
+            key = rec.get("K")
+            if key is None:
+                key = rec["i"]
             st = self._state(key)
+            kind = type(st)
+            if rec["k"] == "s":
+                # A closed session, from its user's owner: never late (it carries the close time).
+                if st.apply_session(rec):
+                    dirty.add(key)
+                    self.dirty_totals.add(key)
+                continue
             # Late: older than every input partition's progress allows (the ingest stage cannot
-            # judge it, it sees only its own partitions), or its window already closed for the item.
-            outcome = LATE if rec["t"] < late_before else st.apply(rec, cfg)
-            topic = rec["o"][0]
+            # judge it, it sees only its own partitions), or its window already closed for the key.
+            if rec["t"] < late_before:
+                outcome = LATE
+            elif kind is UserSessions:
+                outcome = st.apply(rec, self.session_cfg)
+                meta.due.push(key, st.next_due_ms(self.session_cfg))
+            else:
+                outcome = st.apply(rec, cfg)
             if rec["n"]:
-                m.events.labels(topic, "rejected" if outcome == LATE else outcome).inc()
+                m.events.labels(rec["o"][0], "rejected" if outcome == LATE else outcome).inc()
             if outcome != LATE:
                 # Also on a duplicate: after a crash between writes of one flush, the replayed
                 # duplicates rewrite what the lost writes held (all of these are idempotent).
                 dirty.add(key)
-                if rec["i"] is not None:
+                self.deleted.discard(key)
+                if kind is ItemState and rec["i"] is not None:
                     start = cfg.start_of(rec["t"])
                     pending = meta.pending
                     items = pending.get(start)
@@ -297,9 +365,12 @@ class Worker:
                     if items is None:
                         items = pending[check] = set()
                     items.add(key)
-                if rec["k"] == "o":
-                    self.dirty_totals.add(key)
+                    if rec["k"] == "o":
+                        self.dirty_totals.add(key)
+                elif kind is CategoryState:
+                    meta.categories.add(key)
             elif rec["n"]:
+                topic = rec["o"][0]
                 m.late_events.labels(topic).inc()
                 m.dead_letters.labels("late_event").inc()
                 self.dead_topic.send_soon(value=orjson.dumps(dead_letter_record(
@@ -310,22 +381,93 @@ class Worker:
         if "pw" in env:
             meta.hear(env["pw"], env["np"])
         self.dirty_metas.add(partition)
+        consumed_at = env.get("at", time.time())
+        if meta.watermark > wm_before:
+            self._close_sessions(meta, consumed_at)
+            if cfg.start_of(meta.watermark - cfg.grace_ms) > cfg.start_of(wm_before - cfg.grace_ms):
+                self._close_categories(meta, consumed_at)
         closed = self._close_windows(meta)
         if closed:
             # Features and evidence are taken now, from the state as the window closes; only the
             # scorer's prediction is added later, so results do not depend on scoring's timing.
             # Latency is counted from when ingest read the input that moved the watermark.
-            consumed_at = env.get("at", time.time())
             n_total = self.n_orders_total()
+            n_views, n_carts = self._n_sessions
+            th = self.thresholds
             for cw in closed:
                 if cw.forecast_abs_error is not None:
                     m.forecast_error.observe(cw.forecast_abs_error)
-                self.score_queue.append((consumed_at, cw, features.feature_row(cw, cfg),
-                                         features.evidence(cw, cfg, None, self.totals_view, n_total)))
+                ev = features.evidence(cw, cfg, None, self.totals_view, n_total)
+                nb = None
+                if ev.age_windows is not None and ev.age_windows <= th.new_item_windows and cw.state.assoc.n_view + cw.state.assoc.n_cart:
+                    nb = neighbourhood_evidence(cw.state.assoc, self.totals_view, n_total, self.view_counts, n_views,
+                                                self.cart_counts, n_carts, th)
+                self.score_queue.append((consumed_at, cw, features.feature_row(cw, cfg), ev, nb))
             m.windows_closed.inc(len(closed))
         self.envelopes_processed += 1
         self.records_processed += len(recs)
         m.stage.labels("state").observe(time.perf_counter() - t0)
+
+    def _close_sessions(self, meta: PartitionMeta, consumed_at: float) -> None:
+        """Close the sessions the watermark passed: learn purchase propensity (predict, then learn),
+        and send each touched item's owner the session's co-view / co-cart record."""
+        scfg = self.session_cfg
+        out: dict[int, list] = {}
+        n_parts = self.s.state_partitions
+        for key in meta.due.pop_due(meta.watermark):
+            st = self._state(key)
+            for summary in st.close(meta.watermark, scfg):
+                x, y = summary.propensity_example()
+                p = meta.propensity.predict_proba_one(x)
+                self.propensity_score.update(y, p)
+                meta.propensity.learn_one(x, y)
+                meta.session_totals.add(summary)
+                self.metrics.sessions_closed.labels("ordered" if y else "not_ordered").inc()
+                for item, rec in summary.item_records(round(p, 6)):
+                    out.setdefault(partition_for(item, n_parts), []).append(rec)
+            self.dirty_items.add(key)
+            if st.is_empty():
+                self.deleted.add(key)
+            else:
+                meta.due.push(key, st.next_due_ms(scfg))
+        score = self.propensity_score
+        if score.n:
+            auc, loss = score.auc(), score.logloss()
+            if auc is not None:
+                self.metrics.propensity_auc.set(auc)
+            if loss is not None:
+                self.metrics.propensity_log_loss.set(loss)
+        for part, recs in out.items():
+            # Owners learn them like any routed record; no watermark report rides along.
+            self.routed.send_soon(value=orjson.dumps({"src": "sessions", "at": consumed_at, "r": recs}), partition=part)
+
+    def _close_categories(self, meta: PartitionMeta, consumed_at: float) -> None:
+        """Close every owned category's windows the watermark passed and decide its launch cadence."""
+        cfg, th = self.cfg, self.thresholds
+        for key in sorted(meta.categories):
+            st = self._state(key)
+            closed = st.close_windows(cfg, meta.watermark)
+            if not closed:
+                continue
+            self.dirty_items.add(key)
+            mem = SignalMemory.from_state(st.signal_memory or None)
+            for cw in closed:
+                ev = cadence_evidence(st, cfg, th, window_start=cw.start_ms)
+                if ev is not None:
+                    for sig in decide_category(ev, mem, CADENCE_MODEL_VERSION, th):
+                        self._emit_soon(sig, consumed_at)
+            st.signal_memory = mem.to_state()
+
+    def _emit_soon(self, sig: dict, enqueued: float) -> None:
+        self.signals_topic.send_soon(key=sig["signal_id"].encode(), value=orjson.dumps(sig))
+        self._count_signal(sig, enqueued)
+
+    def _count_signal(self, sig: dict, enqueued: float) -> None:
+        self.metrics.signals.labels(sig["type"]).inc()
+        self.metrics.event_to_signal.observe(max(0.0, time.time() - enqueued))
+        self.recent_signals.append(sig)
+        self.signals_sent += 1
+        self.last_signal_monotonic = time.monotonic()
 
     def _close_windows(self, meta: PartitionMeta) -> list[ClosedWindow]:
         """Close the windows the watermark passed, for the items that had events in them.
@@ -356,10 +498,23 @@ class Worker:
         now = time.monotonic()
         if now - self._n_total_at > N_TOTAL_TTL_S:
             cache = self.cache
-            total = sum(v[1] for k, v in self.totals.items() if k.decode() not in cache)
-            self._n_total = total + sum(st.primary_orders for st in cache.values())
+            total = 0
+            views = carts = 0
+            for k, v in self.totals.items():
+                if k[:1] == b"#":
+                    views += v[0]
+                    carts += v[1]
+                elif type(cache.get(k.decode())) is not ItemState:
+                    total += v[1]
+            self._n_total = total + sum(st.primary_orders for st in cache.values() if type(st) is ItemState)
+            self._n_sessions = (views, carts)
             self._n_total_at = now
         return self._n_total
+
+    def n_sessions(self) -> tuple[int, int]:
+        """Closed sessions with a view, with a cart (all partitions; the substitute test's totals)."""
+        self.n_orders_total()
+        return self._n_sessions
 
     async def _run_scorer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -386,23 +541,21 @@ class Worker:
         self.metrics.scorer_batch.observe(time.perf_counter() - t0)
         self.metrics.scorer_rows.observe(len(rows))
         sent = []
-        for (enqueued, cw, _, ev), pred in zip(batch, preds):
+        for (enqueued, cw, _, ev, nb), pred in zip(batch, preds):
             ev = dataclasses.replace(ev, predicted_demand=None if pred is None else [float(x) for x in pred])
             raw = self.memory.get(cw.item_id.encode())
             mem = SignalMemory.from_state(orjson.loads(raw) if raw else None)
             before = dict(mem.last)
             for sig in decide_item(ev, mem, self.scorer.version, self.thresholds):
                 sent.append((enqueued, sig))
+            if nb is not None:
+                for sig in decide_homogeneity(ev, nb, mem, HOMOGENEITY_MODEL_VERSION, self.thresholds):
+                    sent.append((enqueued, sig))
             if mem.last != before:
                 self.memory[cw.item_id.encode()] = orjson.dumps(mem.to_state())
         for enqueued, sig in sent:
             await self.signals_topic.send(key=sig["signal_id"].encode(), value=orjson.dumps(sig))
-            self.metrics.signals.labels(sig["type"]).inc()
-            self.metrics.event_to_signal.observe(max(0.0, time.time() - enqueued))
-            self.recent_signals.append(sig)
-        self.signals_sent += len(sent)
-        if sent:
-            self.last_signal_monotonic = time.monotonic()
+            self._count_signal(sig, enqueued)
 
     # -- ingest --------------------------------------------------------------------------
     async def _run_ingest(self) -> None:
@@ -474,10 +627,12 @@ class Worker:
                 return web.json({"error": "window must be 'all' (recent association windows are not kept yet)"},
                                 status=400)
             st = worker.peek(item_id)
-            if st is None:
+            if type(st) is not ItemState:
                 return web.json({"error": f"unknown item {item_id}"}, status=404)
+            n_views, n_carts = worker.n_sessions()
             rows = rank_associations(st.assoc, worker.totals_view, worker.n_orders_total(), limit=limit, window=window,
-                                     now_ms=None)
+                                     now_ms=None, view_counts=worker.view_counts, n_view_total=n_views,
+                                     cart_counts=worker.cart_counts, n_cart_total=n_carts)
             return web.json({"item_id": item_id, "window": window, "associations": [
                 {k: r[k] for k in ("item_id", "co_count", "support", "confidence", "lift", "leverage", "conviction",
                                    "relation", "exact")} for r in rows]})
@@ -488,6 +643,13 @@ class Worker:
             st = worker.peek(item_id)
             if st is None:
                 return web.json({"error": f"unknown item {item_id}"}, status=404)
+            if type(st) is CategoryState:
+                # /items/category:<id>/trend: the category's units per closed window and its trend.
+                return web.json({"item_id": item_id, "category_id": st.category_id, "window_ms": worker.cfg.size_ms,
+                                 "windows": [{"start_ms": w.start_ms, "end_ms": w.end_ms, "launches": w.launches, "units": w.units,
+                                              "views": w.views, "carts": w.carts, "new_units": w.new_units}
+                                             for w in st.closed(worker.cfg)[-worker.cfg.keep_closed:]],
+                                 **summarise(st.trend), "series": "category units ordered per window"})
             return web.json({"item_id": item_id, "window_ms": worker.cfg.size_ms,
                              "windows": st.recent_windows(worker.cfg), **summarise(st.trend),
                              "series": "units ordered per window"})
@@ -513,18 +675,23 @@ class _TotalsView:
     keys this worker writes itself, so an owned item is always read from its state.
     """
 
-    __slots__ = ("_t", "_own")
+    __slots__ = ("_t", "_own", "_i")
 
-    def __init__(self, table, own: dict):
+    # Fields of a ``totals`` value: [baskets, primary orders, view sessions, cart sessions].
+    FIELDS = {"n_item": 0, "n_view": 2, "n_cart": 3}
+
+    def __init__(self, table, own: dict, field: str = "n_item"):
         self._t = table
         self._own = own
+        self._i = self.FIELDS[field]
 
     def get(self, key: str, default=None):
         st = self._own.get(key)
-        if st is not None:
-            return st.assoc.n_item
+        if type(st) is ItemState:
+            a = st.assoc
+            return (a.n_item, 0, a.n_view, a.n_cart)[self._i]
         v = self._t.get(key.encode())
-        return default if v is None else v[0]
+        return default if v is None or len(v) <= self._i else v[self._i]
 
     def __getitem__(self, key: str):
         v = self.get(key)
@@ -533,7 +700,7 @@ class _TotalsView:
         return v
 
     def __contains__(self, key: str) -> bool:
-        return key in self._own or key.encode() in self._t
+        return type(self._own.get(key)) is ItemState or key.encode() in self._t
 
 
 def _int_arg(request, name, default, lo, hi):

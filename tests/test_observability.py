@@ -511,6 +511,10 @@ def test_every_panel_query_has_data_from_a_live_worker(deployment, tmp_path):
         # Phase 3: more late and broken events, so their rates move after their series exist.
         asyncio.run(_produce(s, _late(s, "z") + _broken(s)))
         _wait("the last late events", lambda: w.metric("launchpulse_late_events_total") >= 6, 30, lambda: _counts(w))
+        # Sessions of both kinds closed and were scored before learning: the propensity panel has real figures.
+        _wait("sessions scored by the propensity model", lambda: math.isfinite(w.metric("launchpulse_propensity_auc"))
+              and w.metric("launchpulse_sessions_closed_total", label="ordered") > 0
+              and w.metric("launchpulse_sessions_closed_total", label="not_ordered") > 0, 30, lambda: _counts(w))
 
         # promtool's lint of the exposition: silence means clean.
         text = http_text(w.base + "/metrics")
