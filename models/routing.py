@@ -57,6 +57,11 @@ def partition_for(key: str, n_partitions: int) -> int:
     return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % n_partitions
 
 
+def partition_for_bytes(key: bytes, n_partitions: int) -> int:
+    """The partition Kafka's default partitioner gives this key."""
+    return (murmur2(key) & 0x7FFFFFFF) % n_partitions
+
+
 def route_event(ev: Event) -> list[tuple[str, dict]]:
     """(routing key, record) pairs for one validated event; see itemstate.RECORD_FIELDS."""
     t = type(ev)
