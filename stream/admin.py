@@ -15,6 +15,8 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     want[settings.topic_signals] = settings.input_partitions
     want[settings.topic_dead_letter] = 1
     want[settings.routed_topic] = settings.state_partitions
+    want[settings.totals_topic] = settings.state_partitions
+    compacted = {settings.totals_topic}
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_security())
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
@@ -27,7 +29,9 @@ async def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
             await asyncio.sleep(0.5)
     try:
         existing = set(await admin.list_topics())
-        new = [NewTopic(t, n, settings.replication_factor) for t, n in want.items() if t not in existing]
+        new = [NewTopic(t, n, settings.replication_factor,
+                        topic_configs={"cleanup.policy": "compact"} if t in compacted else None)
+               for t, n in want.items() if t not in existing]
         if new:
             try:
                 await admin.create_topics(new)

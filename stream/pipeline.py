@@ -41,6 +41,7 @@ from launchpulse.models.windows import WindowConfig
 from launchpulse.schemas.validate import Rejection, dead_letter_record
 
 from .ingest import Ingest
+from .replica import TopicReplica
 from .metrics import Metrics
 from .settings import Settings
 
@@ -183,9 +184,9 @@ class Worker:
         self.meta = _raw_table(app.Table("partition-meta", key_type=bytes, value_type=bytes,
                                          partitions=s.state_partitions, use_partitioner=True))
         self.meta_keys = meta_keys(s.state_partitions)
-        # Baskets per item and per partition, replicated to every worker (lift needs n_B of any B).
-        self.totals = _raw_table(app.GlobalTable("totals", key_type=bytes,
-                                                 partitions=s.state_partitions, use_partitioner=True), value="json")
+        # Baskets and sessions per item, closed sessions per partition, replicated to every worker
+        # (lift needs n_B of any B; the substitute test the session counts): see stream/replica.py.
+        self.totals = TopicReplica(s, s.totals_topic)
         # Cooldown memory of the decisions, written by the scorer outside stream iteration,
         # so keys go through the partitioner (item keys hash like the routed records).
         self.memory = _raw_table(app.Table("signal-memory", key_type=bytes, value_type=bytes,
@@ -199,6 +200,7 @@ class Worker:
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
         app.task(self._run_ingest)
+        app.task(self.totals.run)
         app.task(self._run_scorer)
         app.timer(FLUSH_INTERVAL_S)(self._flush_timer)
         self._routes()
@@ -260,14 +262,12 @@ class Worker:
             for key in self.dirty_totals:
                 st = cache[key]
                 a = st.assoc
-                v = [a.n_item, st.primary_orders, a.n_view, a.n_cart]
-                writes(self.totals, key.encode(), v, orjson.dumps(v))
+                self._replica_write(key.encode(), [a.n_item, st.primary_orders, a.n_view, a.n_cart])
             for p in self.dirty_metas:
                 meta = self.metas[p]
                 writes(self.meta, self.meta_keys[p], None, meta.to_bytes())
                 t = meta.session_totals
-                v = [t.view_sessions, t.cart_sessions]
-                writes(self.totals, self.session_keys[p], v, orjson.dumps(v))
+                self._replica_write(self.session_keys[p], [t.view_sessions, t.cart_sessions])
             self.deleted.clear()
             self.dirty_items.clear()
             self.dirty_totals.clear()
@@ -285,6 +285,11 @@ class Worker:
             self.last_flush = time.monotonic()
             self.metrics.items_tracked.set(len(cache))
             self.metrics.stage.labels("flush").observe(time.perf_counter() - t0)
+
+    def _replica_write(self, key: bytes, value: list) -> None:
+        self.totals.set_local(key, value)
+        self._pending_writes.append((self.totals.topic, key, orjson.dumps(value),
+                                     partition_for_bytes(key, self.s.state_partitions)))
 
     def _table_writes(self, table, key: bytes, value, raw: bytes | None) -> None:
         """Set a key in a table's local store and queue its changelog record (None: delete).
@@ -514,7 +519,7 @@ class Worker:
 
     # -- scoring and decisions -----------------------------------------------------------
     def n_orders_total(self) -> int:
-        """N, the accepted baskets: the sum of every item's primary-order count in the global table.
+        """N, the accepted baskets: the sum of every item's primary-order count in the replicated totals.
 
         Each item's count is idempotent under replays (it moves with the item's deduplicated
         state), so N is too. Summed at most every N_TOTAL_TTL_S seconds.
@@ -622,7 +627,7 @@ class Worker:
         @app.page("/progress")
         async def progress(web, request):
             if request.query.get("deep"):
-                # Diagnostics: N summed from this worker's item states rather than the global table.
+                # Diagnostics: N summed from this worker's item states rather than the replicated totals.
                 n_items = sum(orjson.loads(v)["primary_orders"] for v in worker.items.values())
                 return web.json({"orders_total_from_items": n_items, "orders_total": worker.n_orders_total(),
                                  "items": len(worker.items), "totals_keys": len(worker.totals)})
@@ -693,9 +698,9 @@ def _raw_table(table, value: str = "raw"):
 
 class _TotalsView:
     """Baskets per item for the pure read path: the owner's own state for items this worker owns,
-    the replicated global table for the others.
+    the replicated totals (stream/replica.py) for the others.
 
-    The global table's local copy can lag (or briefly regress to an older changelog record) for
+    The replica can lag (or briefly regress to an older record) for
     keys this worker writes itself, so an owned item is always read from its state.
     """
 

@@ -171,6 +171,11 @@ class Settings:
         return f"{self.app_id}-routed"
 
     @property
+    def totals_topic(self) -> str:
+        """Per-item totals every worker replicates (see stream/replica.py); compacted."""
+        return f"{self.app_id}-totals"
+
+    @property
     def input_topics(self) -> dict:
         return {self.topic_clickstream: "clickstream", self.topic_orders: "order", self.topic_catalog: "catalog"}
 
