@@ -184,7 +184,14 @@ def route_event_extended(ev: Event, sessions: bool = True, categories: bool = Tr
     ``session:``, ``user:`` and ``category:`` prefixes)."""
     out = route_event(ev)
     if sessions:
-        out += route_session_records(ev)
+        srecs = route_session_records(ev)
+        if type(ev) is ClickEvent and ev.item_id is None:
+            # A search has no item: its session's owner counts it, instead of a "session:" state
+            # that nothing would ever close.
+            srecs[0][1]["n"] = 1
+            out = srecs
+        else:
+            out += srecs
     if categories:
         out += route_category_records(ev)
     return out
