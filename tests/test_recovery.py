@@ -19,7 +19,7 @@ from launchpulse.stream.datasets import instacart_events
 
 from conftest import http_json
 
-# Minutes long, and flaky under load inside the full suite (see the #6 note); run with -m crash.
+# Minutes long; part of the default run (select them alone with -m crash).
 pytestmark = pytest.mark.crash
 
 

@@ -9,7 +9,7 @@ from launchpulse.stream.admin import ensure_topics
 from conftest import http_json
 from test_recovery import DAILY, _orders, _produce, batch_truth
 
-# Minutes long, and flaky under load inside the full suite (see the #6 note); run with -m crash.
+# Minutes long; part of the default run (select them alone with -m crash).
 pytestmark = pytest.mark.crash
 
 
