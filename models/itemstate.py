@@ -96,11 +96,14 @@ class ItemState:
         """Apply one routed record; returns ACCEPTED, DUPLICATE or LATE. Idempotent per id.
 
         LATE: the record's window has already closed for this item; it is refused, never
-        merged (the ingest stage refuses most late events earlier, against its watermark).
+        merged (the owner refuses most late events earlier, against the watermark). Catalog
+        records are never late.
         """
         ts = rec["t"]
         start = cfg.start_of(ts)
-        if self.closed_through is not None and start <= self.closed_through:
+        kind = rec["k"]
+        # Catalog records describe the item (stock, status, launch), they count in no window: never late.
+        if kind != "g" and self.closed_through is not None and start <= self.closed_through:
             return LATE
         rid = rec["id"]
         if rid in self.seen:
@@ -108,7 +111,6 @@ class ItemState:
         self.seen[rid] = ts
         if self.first_seen is None or ts < self.first_seen:
             self.first_seen = ts
-        kind = rec["k"]
         if kind == "g":
             self._apply_catalog(rec)
             return ACCEPTED

@@ -367,7 +367,7 @@ class Worker:
                 continue
             # Late: older than every input partition's progress allows (the ingest stage cannot
             # judge it, it sees only its own partitions), or its window already closed for the key.
-            if rec["t"] < late_before:
+            if rec["t"] < late_before and rec["k"] != "g":  # catalog records count in no window
                 outcome = LATE
             elif kind is UserSessions:
                 outcome = st.apply(rec, self.session_cfg)

@@ -188,3 +188,13 @@ def test_partition_meta_waits_for_every_input_partition_and_never_goes_back():
     assert (again.parts, again.n_parts, again.watermark) == (m.parts, m.n_parts, m.watermark)
     with pytest.raises(ValueError):
         PartitionMeta.from_bytes(orjson.dumps({"version": 4}))
+
+
+def test_catalog_records_are_never_late():
+    st_ = ItemState("x")
+    st_.apply(order_rec("a", 10), CFG)
+    st_.close_windows(CFG, 5_000)
+    assert st_.apply(order_rec("b", 20), CFG) == "late"  # its window closed
+    cat = {"k": "g", "id": "catalog@30", "t": 30, "i": "x", "c": "c1", "p": 2.0, "st": "live", "sk": 7, "la": 0, "n": 1}
+    assert st_.apply(cat, CFG) == ACCEPTED
+    assert (st_.stock, st_.status, st_.category_id) == (7, "live", "c1")
