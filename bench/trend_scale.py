@@ -5,9 +5,9 @@
 Pure model code, the worker's path for one owner partition: each order record is applied to its
 item's :class:`ItemState`; when the watermark passes a window, the items pending for it (those
 with events in it, and those due for their dormancy check) close their windows, exactly as
-``stream/pipeline.py`` does. Items are drawn from a Zipf-like law (a few hot items, a long
-tail that is seen once or twice), over ``--windows`` windows with a slowly drifting popular set,
-so most items are short-lived. Reported:
+``stream/pipeline.py`` does. Half the events (``--tail-share``) fall on a uniformly drawn
+catalogue item (the long tail: most items are seen once or twice), the rest on a Zipf-like head
+that drifts over ``--windows`` windows, so most items are short-lived. Reported:
 
 * live trend models (items whose TrendModel has learnt at least one window) at every window,
   their peak, against items seen so far: the bound is items active in the last
@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--events", type=int, default=3_000_000, help="order records replayed (default 3,000,000)")
     ap.add_argument("--windows", type=int, default=120, help="windows the replay spans (default 120)")
     ap.add_argument("--idle-windows", type=int, default=14, help="WindowConfig.idle_windows (default 14)")
+    ap.add_argument("--tail-share", type=float, default=0.5,
+                    help="share of events on a uniformly drawn catalogue item (default 0.5); the rest is Zipf-like")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args(argv)
@@ -74,8 +76,10 @@ def main(argv=None) -> int:
         base = w * args.items // (2 * args.windows)
         t0 = time.perf_counter()
         for k in range(per_window):
-            rank = int(rng.paretovariate(0.7))  # Zipf-like: rank 1 hot, a long tail seen once or twice
-            item = f"i{(base + rank * 7919) % args.items}"
+            if rng.random() < args.tail_share:  # the long tail: any item of the catalogue, most seen once
+                item = f"i{rng.randrange(args.items)}"
+            else:  # the head: Zipf-like ranks over a popular set that drifts
+                item = f"i{(base + int(rng.paretovariate(0.7)) * 7919) % args.items}"
             st = states.get(item)
             if st is None:
                 st = states[item] = ItemState(item)
