@@ -29,6 +29,7 @@ from .settings import Settings
 log = logging.getLogger("launchpulse.ingest")
 
 IDLE_PARTITION_S = 5.0
+PARTITION_CACHE_KEYS = 1_000_000
 BROKER_PROBE_S = 2.0  # health: a metadata request this often,
 BROKER_PROBE_TIMEOUT_S = 5.0  # answered within this long,
 BROKER_PROBE_FAILURES = 2  # failing this many times in a row makes the worker unhealthy
@@ -58,6 +59,7 @@ class Ingest:
         self._positions: dict[TopicPartition, int] = {}  # committed offsets, for the lag gauge
         self._sent_report: dict[int, dict] = {}  # partition report last sent per owner partition
         self._assigned: set = set()
+        self._partition_of: dict[str, int] = {}  # routing key -> owner partition (a bounded cache)
         self._start_offsets: dict[TopicPartition, int] = {}  # committed offsets when first seen
 
     async def start(self) -> None:
@@ -245,6 +247,7 @@ class Ingest:
         offsets: dict[TopicPartition, int] = {}
         now_ms = int(time.time() * 1000)
         part_max = self.partition_max
+        parts_of = self._partition_of
         for tp, msgs in batches.items():
             topic = tp.topic
             kind = s.input_topics[topic]
@@ -265,7 +268,12 @@ class Ingest:
                         rec["o"] = src
                         if key != rec.get("i"):
                             rec["K"] = key  # the owner's key, when it is not the record's item
-                        routed[partition_for(key, n_parts)].append(rec)
+                        part = parts_of.get(key)
+                        if part is None:  # murmur2 in Python costs microseconds; keys repeat
+                            if len(parts_of) >= PARTITION_CACHE_KEYS:
+                                parts_of.clear()
+                            part = parts_of[key] = partition_for(key, n_parts)
+                        routed[part].append(rec)
             offsets[tp] = msgs[-1].offset + 1
         self._positions.update(offsets)  # as if committed, to stamp the watermark this batch reaches
         futures = await self.send_envelopes(routed)
