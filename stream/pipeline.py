@@ -263,23 +263,29 @@ class Worker:
                 st = cache[key]
                 a = st.assoc
                 self._replica_write(key.encode(), [a.n_item, st.primary_orders, a.n_view, a.n_cart])
+            state_records, self._pending_writes = self._pending_writes, []
             for p in self.dirty_metas:
                 meta = self.metas[p]
                 writes(self.meta, self.meta_keys[p], None, meta.to_bytes())
                 t = meta.session_totals
                 self._replica_write(self.session_keys[p], [t.view_sessions, t.cart_sessions])
+            meta_records, self._pending_writes = self._pending_writes, []
             self.deleted.clear()
             self.dirty_items.clear()
             self.dirty_totals.clear()
             self.dirty_metas.clear()
             events, self.unacked = self.unacked, []
-            records, self._pending_writes = self._pending_writes, []
-            # Wait until the broker has the writes, then acknowledge: an acknowledged envelope may be
-            # committed at any moment, and a committed envelope must never need its state again.
+            # Two phases: the partition metas (watermark, pending windows, sessions due) only once
+            # the states they describe are on the broker. A crash in between leaves an older meta,
+            # whose older watermark lets the replayed envelopes be applied again (deduplicated);
+            # a meta ahead of its states would refuse the replay as late and lose it.
+            # Then acknowledge: an acknowledged envelope may be committed at any moment, and a
+            # committed envelope must never need its state again.
             prod = self.app.producer
-            futures = [await prod.send(topic, k, v, part, None, None) for topic, k, v, part in records]
-            if futures:
-                await asyncio.gather(*futures)
+            for records in (state_records, meta_records):
+                futures = [await prod.send(topic, k, v, part, None, None) for topic, k, v, part in records]
+                if futures:
+                    await asyncio.gather(*futures)
             for event in events:
                 await self.ack_stream.ack(event)
             self.last_flush = time.monotonic()
