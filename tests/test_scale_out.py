@@ -9,8 +9,8 @@ from launchpulse.stream.admin import ensure_topics
 from conftest import http_json
 from test_recovery import DAILY, _orders, _produce, batch_truth
 
-# Minutes long; part of the default run (select them alone with -m crash).
-pytestmark = pytest.mark.crash
+# Minutes long; part of the default run.
+pytestmark = pytest.mark.integration
 
 
 def test_two_workers_split_partitions_and_answer_exactly(deployment):
