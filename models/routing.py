@@ -52,14 +52,14 @@ def murmur2(data: bytes) -> int:
     return h
 
 
-def partition_for(key: str, n_partitions: int) -> int:
-    """The partition Kafka's default partitioner gives this (UTF-8) key."""
-    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % n_partitions
-
-
 def partition_for_bytes(key: bytes, n_partitions: int) -> int:
     """The partition Kafka's default partitioner gives this key."""
     return (murmur2(key) & 0x7FFFFFFF) % n_partitions
+
+
+def partition_for(key: str, n_partitions: int) -> int:
+    """The partition Kafka's default partitioner gives this (UTF-8) key."""
+    return partition_for_bytes(key.encode("utf-8"), n_partitions)
 
 
 def route_event(ev: Event) -> list[tuple[str, dict]]:
