@@ -368,6 +368,68 @@ def drain_run(w: Worker, messages: int, events: int, stable_s: float = 8.0, time
     return res
 
 
+def drain_group(workers: list, messages: int, events: int, stable_s: float = 8.0, timeout_s: float = 330.0) -> dict:
+    """Workers of one consumer group over the same topics: poll each /progress, sum their figures,
+    and time from the first ingested message to the last record through state (as drain_run)."""
+    hist: list[tuple[float, dict]] = []
+    t_zero_last = None
+    deadline = time.monotonic() + timeout_s
+    keys = ("ingested_messages", "records_processed", "signals_sent", "score_queue", "events_counted")
+    while time.monotonic() < deadline:
+        for w in workers:
+            if not w.alive():
+                raise RuntimeError(f"worker exited with {w.proc.returncode}:\n{w.tail()}")
+        ps = [w.progress() for w in workers]
+        now = time.monotonic()
+        if all(p is not None for p in ps):
+            p = {k: sum(q[k] for q in ps) for k in keys}
+            p["per_worker_records"] = [q["records_processed"] for q in ps]
+            if p["ingested_messages"] == 0:
+                t_zero_last = now
+            else:
+                hist.append((now, p))
+                snap = (p["records_processed"], p["signals_sent"])
+                same_since = now
+                for t, q in reversed(hist):
+                    if (q["records_processed"], q["signals_sent"]) == snap and q["score_queue"] == 0:
+                        same_since = t
+                    else:
+                        break
+                if p["ingested_messages"] >= messages and now - same_since >= stable_s:
+                    break
+        time.sleep(0.5)
+    else:
+        raise RuntimeError(f"workers did not go quiet within {timeout_s:.0f} s; last {hist[-1][1] if hist else None}")
+    final = hist[-1][1]
+    t_start = (t_zero_last + hist[0][0]) / 2 if t_zero_last is not None else hist[0][0]
+    t_records = next(t for t, q in hist if q["records_processed"] >= final["records_processed"]
+                     and q["ingested_messages"] >= messages)
+    ms = [w.metrics() for w in workers]
+    counts = [counts_check(m, {}, events) for m in ms]
+    accepted = sum(c["accepted"] for c in counts)
+    return {"workers": len(workers), "records_s": t_records - t_start, "events_per_s": events / (t_records - t_start),
+            "progress": final, "accepted": accepted, "ok": accepted == events and not any(c["duplicate"] or c["rejected"] for c in counts),
+            "late_events": sum(c["late_events"] for c in counts),
+            "cpu_seconds": [metric_sum(m, "process_cpu_seconds_total") for m in ms],
+            "peak_rss_mib": [w.peak_rss_mib() for w in workers]}
+
+
+def group_run(broker_url: str, workdir: Path, n_workers: int, events: list) -> dict:
+    """n workers in one group over a fresh copy of the single-event topics (same events)."""
+    prefix = f"bench-group{n_workers}-"
+    s = settings_for(broker_url, prefix, "bench-producer")
+    from launchpulse.stream.admin import ensure_topics
+
+    asyncio.run(ensure_topics(s))
+    produced = asyncio.run(produce(s, events, 1))
+    ws = [Worker(broker_url, prefix, f"bench-group{n_workers}", workdir) for _ in range(n_workers)]
+    try:
+        return drain_group(ws, produced["messages"], len(events))
+    finally:
+        for w in ws:
+            w.stop()
+
+
 # -- profile ---------------------------------------------------------------------------------
 
 FRAME_RE = re.compile(r"^(.*) \((.*?)(?::(\d+))?\)$")
@@ -682,6 +744,11 @@ def render(out: dict) -> str:
                  f"{r['progress']['signals_sent']:,}; {c['windows_closed']:,.0f} |")
         L.append(f"| {name}: worker peak RSS (VmHWM); worker CPU | {fmt(r['peak_rss_mib'], ',.0f')} MiB; "
                  f"{r['cpu_seconds']:.1f} s |")
+    for g in out.get("group", []):
+        L.append(f"| same single-event topics, {g['workers']} worker(s) in one group: first ingest -> all records | "
+                 f"{g['records_s']:.1f} s = {g['events_per_s']:,.0f} events/s; records per worker "
+                 f"{', '.join(f'{r:,}' for r in g['progress']['per_worker_records'])}; accepted {g['accepted']:,.0f} "
+                 f"(all once: {g['ok']}); CPU {' + '.join(f'{c:.1f}' for c in g['cpu_seconds'])} s |")
     L.extend(render_latency(lr) for lr in out.get("latency", []))
     L.append(render_mlxtend(out))
     return "\n".join(x for x in L if x)
@@ -747,6 +814,7 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="render the report from the --json files of earlier (partial) runs; runs nothing")
     ap.add_argument("--skip-profile", action="store_true")
+    ap.add_argument("--skip-group", action="store_true", help="skip the one- against two-worker runs")
     ap.add_argument("--skip-mlxtend", action="store_true")
     ap.add_argument("--json", default=None, help="also write every figure to this file")
     ap.add_argument("--doc", default=None, help="write the markdown report here (default docs/bench-pipeline.md; "
@@ -808,6 +876,11 @@ def main(argv=None) -> int:
                 log(f"{name}: {r['records_s']:.1f} s to all records ({r['events_per_s']:,.0f} events/s), quiet at "
                     f"{r['quiet_s']:.1f} s, progress {r['progress']}, counts {r['counts']}, RSS {r['peak_rss_mib']}")
 
+        if not args.skip_group:
+            out["group"] = [group_run(url, workdir, n, events) for n in (1, 2)]
+            for g in out["group"]:
+                log(f"group of {g['workers']}: {g['events_per_s']:,.0f} events/s, records per worker "
+                    f"{g['progress']['per_worker_records']}, ok {g['ok']}, CPU {g['cpu_seconds']}")
         if not args.skip_profile:
             out["profile"] = profile_run(url, workdir, n_single, len(events), args.profile_seconds)
             log("profile done")

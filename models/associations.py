@@ -84,7 +84,7 @@ __all__ = [
     "provisional_partners",
 ]
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: partner counts as one mapping
 
 #: Co-purchase capacity per item (see "Capacity sizing" above).
 DEFAULT_CAPACITY = 8192
@@ -304,11 +304,14 @@ class PartnerCounter:
     # -- state --------------------------------------------------------------
 
     def to_state(self) -> dict:
-        e = self._error
+        # Counts as one mapping (orjson writes a dict without building Python rows; the worker
+        # rewrites popular items' partner lists at every flush). Its order is the eviction order
+        # among equal counts once something was evicted, so it is rebuilt in bucket order then.
         if self._buckets is None:
-            order: Iterable[str] = self._count
-        else:  # bucket order = eviction order among equal counts
-            order = [p for n in sorted(self._buckets) for p in self._buckets[n]]
+            counts = self._count
+        else:
+            c = self._count
+            counts = {p: c[p] for n in sorted(self._buckets) for p in self._buckets[n]}
         return {
             "version": STATE_VERSION,
             "kind": "partner_counter",
@@ -316,7 +319,8 @@ class PartnerCounter:
             "total": self.total,
             "evictions": self.evictions,
             "floor": self.floor,
-            "entries": [[p, self._count[p], e.get(p, 0)] for p in order],
+            "counts": counts,
+            "errors": self._error,
         }
 
     @classmethod
@@ -327,10 +331,8 @@ class PartnerCounter:
         self.total = int(state["total"])
         self.evictions = int(state["evictions"])
         self.floor = int(state["floor"])
-        for p, n, err in state["entries"]:
-            self._count[p] = int(n)
-            if err:
-                self._error[p] = int(err)
+        self._count = {p: int(n) for p, n in state["counts"].items()}
+        self._error = {p: int(e) for p, e in state["errors"].items() if e}
         if self.evictions:
             self._build_buckets()
         return self

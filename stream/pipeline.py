@@ -29,7 +29,7 @@ from launchpulse.models.decisions import (
     decide_item,
     neighbourhood_evidence,
 )
-from launchpulse.models.itemstate import LATE, ClosedWindow, ItemState, dormancy_check_window
+from launchpulse.models.itemstate import ACCEPTED, LATE, ClosedWindow, ItemState, dormancy_check_window
 from launchpulse.models.propensity import ProgressiveScore, PropensityModel
 from launchpulse.models.routing import CATEGORY_KEY_PREFIX, USER_KEY_PREFIX
 from launchpulse.models.sessions import DueIndex, SessionConfig, SessionTotals, UserSessions
@@ -118,9 +118,8 @@ def meta_keys(n_partitions: int, prefix: str = "#meta") -> list[bytes]:
 
 
 CACHE_MAX_ITEMS = 200_000
-# Dirty state is written (and its envelopes acknowledged) at least this often: each flush rewrites
-# every item touched since the last one, so longer intervals coalesce more writes of busy items.
-FLUSH_INTERVAL_S = 1.0
+# Besides every Settings.flush_interval_ms, a flush is due after this many envelopes: each flush
+# rewrites every key touched since the last one, so bigger flushes coalesce more writes of busy keys.
 FLUSH_MAX_ENVELOPES = 400
 
 
@@ -148,6 +147,7 @@ class Worker:
         self.ack_stream = None
         self.last_flush = time.monotonic()
         self._n_total = 0
+        self._primary_since = 0  # primary orders accepted here since _n_total was summed
         self._n_sessions = (0, 0)
         self._n_total_at = -1e9
         self.session_cfg = SessionConfig(grace_ms=s.grace_ms)
@@ -155,6 +155,8 @@ class Worker:
         self.deleted: set[str] = set()  # keys whose state ended (a user with no open session): tombstoned
         self._flush_lock = asyncio.Lock()
         self._pending_writes: list[tuple] = []  # changelog records of the flush under way
+        self._delivery: asyncio.Future | None = None  # the latest flush's delivery and acknowledgements
+        self.flush_interval_s = s.flush_interval_ms / 1000
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self.envelopes_processed = 0
         self.records_processed = 0
@@ -202,7 +204,7 @@ class Worker:
         app.task(self._run_ingest)
         app.task(self.totals.run)
         app.task(self._run_scorer)
-        app.timer(FLUSH_INTERVAL_S)(self._flush_timer)
+        app.timer(self.flush_interval_s)(self._flush_timer)
         self._routes()
 
     # -- stateful stage ------------------------------------------------------------------
@@ -212,6 +214,7 @@ class Worker:
         # so unwritten state dropped here would be lost.
         if self.unacked or self.dirty_items or self.dirty_metas:
             await self._flush()
+        await self._delivered()
         self.cache.clear()
         self.metas.clear()
 
@@ -232,7 +235,7 @@ class Worker:
                 log.exception("state stage failed on an envelope of partition %s", event.message.partition)
                 raise
             self.unacked.append(event)
-            if len(self.unacked) >= FLUSH_MAX_ENVELOPES or time.monotonic() - self.last_flush >= FLUSH_INTERVAL_S:
+            if len(self.unacked) >= FLUSH_MAX_ENVELOPES or time.monotonic() - self.last_flush >= self.flush_interval_s:
                 await self._flush()
             if len(self.score_queue) >= self.s.score_max_rows:
                 self.score_wakeup.set()
@@ -249,6 +252,9 @@ class Worker:
         crash replays unacknowledged envelopes onto the recovered state; deduplication by
         event id makes that replay harmless.
         """
+        failed = self._delivery
+        if failed is not None and failed.done() and not failed.cancelled() and failed.exception() is not None:
+            raise failed.exception()
         async with self._flush_lock:  # one flush at a time: a key's changelog records stay in order
             t0 = time.perf_counter()
             cache = self.cache
@@ -275,12 +281,31 @@ class Worker:
             self.dirty_totals.clear()
             self.dirty_metas.clear()
             events, self.unacked = self.unacked, []
-            # Two phases: the partition metas (watermark, pending windows, sessions due) only once
-            # the states they describe are on the broker. A crash in between leaves an older meta,
-            # whose older watermark lets the replayed envelopes be applied again (deduplicated);
-            # a meta ahead of its states would refuse the replay as late and lose it.
-            # Then acknowledge: an acknowledged envelope may be committed at any moment, and a
-            # committed envelope must never need its state again.
+            self.last_flush = time.monotonic()
+            self.metrics.items_tracked.set(len(cache))
+            self.metrics.stage.labels("flush").observe(time.perf_counter() - t0)
+            # Delivery runs beside the agent, which goes on applying envelopes (their state is in
+            # memory, written by the next flush). Deliveries go one after another, so a key's
+            # changelog records keep their order; at most one waits behind the one under way.
+            prev = self._delivery
+            self._delivery = asyncio.ensure_future(self._deliver(prev, state_records, meta_records, events))
+        if prev is not None and not prev.done():
+            await prev
+
+    async def _deliver(self, prev, state_records: list, meta_records: list, events: list) -> None:
+        """Send one flush's changelog records and acknowledge its envelopes once they are on the broker.
+
+        Two phases: the partition metas (watermark, pending windows, sessions due) only once the
+        states they describe are on the broker. A crash in between leaves an older meta, whose
+        older watermark lets the replayed envelopes be applied again (deduplicated); a meta ahead
+        of its states would refuse the replay as late and lose it. Then acknowledge: an
+        acknowledged envelope may be committed at any moment, and a committed envelope must
+        never need its state again. A failed delivery acknowledges nothing, and neither does any
+        later one (their envelopes are replayed after the restart this failure leads to).
+        """
+        try:
+            if prev is not None:
+                await prev
             prod = self.app.producer
             for records in (state_records, meta_records):
                 futures = [await prod.send(topic, k, v, part, None, None) for topic, k, v, part in records]
@@ -288,9 +313,14 @@ class Worker:
                     await asyncio.gather(*futures)
             for event in events:
                 await self.ack_stream.ack(event)
-            self.last_flush = time.monotonic()
-            self.metrics.items_tracked.set(len(cache))
-            self.metrics.stage.labels("flush").observe(time.perf_counter() - t0)
+        except Exception as e:
+            self.state_error = f"writing state to the changelogs failed: {type(e).__name__}: {e}"
+            raise
+
+    async def _delivered(self) -> None:
+        """Wait until every flush so far is delivered and acknowledged (raises if one failed)."""
+        if self._delivery is not None:
+            await self._delivery
 
     def _replica_write(self, key: bytes, value: list) -> None:
         self.totals.set_local(key, value)
@@ -359,6 +389,7 @@ class Worker:
         dirty = self.dirty_items
         late_before = meta.watermark - cfg.grace_ms
         wm_before = meta.watermark
+        counted: dict[tuple, int] = {}  # (topic, outcome) -> events: metrics once per envelope
         for rec in recs:
             key = rec.get("K")
             if key is None:
@@ -381,7 +412,8 @@ class Worker:
             else:
                 outcome = st.apply(rec, cfg)
             if rec["n"]:
-                m.events.labels(rec["o"][0], "rejected" if outcome == LATE else outcome).inc()
+                ck = (rec["o"][0], "rejected" if outcome == LATE else outcome)
+                counted[ck] = counted.get(ck, 0) + 1
             if outcome != LATE:
                 # Also on a duplicate: after a crash between writes of one flush, the replayed
                 # duplicates rewrite what the lost writes held (all of these are idempotent).
@@ -402,6 +434,8 @@ class Worker:
                     items.add(key)
                     if rec["k"] == "o":
                         self.dirty_totals.add(key)
+                        if rec["n"] and outcome == ACCEPTED:
+                            self._primary_since += 1
                 elif kind is CategoryState:
                     meta.categories.add(key)
             elif rec["n"]:
@@ -413,6 +447,8 @@ class Worker:
                     f"event time is more than the {cfg.grace_ms / 1000:.0f} s grace period behind the watermark "
                     "of the input partitions, or its window had already closed for this item", orjson.dumps(rec)),
                     None, int(time.time() * 1000))))
+        for (topic, outcome), n in counted.items():
+            m.events.labels(topic, outcome).inc(n)
         if "pw" in env:
             meta.hear(env["pw"], env["np"])
         self.dirty_metas.add(partition)
@@ -528,7 +564,9 @@ class Worker:
         """N, the accepted baskets: the sum of every item's primary-order count in the replicated totals.
 
         Each item's count is idempotent under replays (it moves with the item's deduplicated
-        state), so N is too. Summed at most every N_TOTAL_TTL_S seconds.
+        state), so N is too. Summed at most every N_TOTAL_TTL_S seconds, plus the primary orders
+        accepted here since: N must never fall behind an owned item's own basket count (lift and
+        the rule metrics refuse n_A > N).
         """
         now = time.monotonic()
         if now - self._n_total_at > N_TOTAL_TTL_S:
@@ -544,7 +582,8 @@ class Worker:
             self._n_total = total + sum(st.primary_orders for st in cache.values() if type(st) is ItemState)
             self._n_sessions = (views, carts)
             self._n_total_at = now
-        return self._n_total
+            self._primary_since = 0
+        return self._n_total + self._primary_since
 
     def n_sessions(self) -> tuple[int, int]:
         """Closed sessions with a view, with a cart (all partitions; the substitute test's totals)."""

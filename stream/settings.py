@@ -59,6 +59,9 @@ class Settings:
     # ingest
     ingest_max_records: int = 5000
     envelope_max_records: int = 2000
+    # state: dirty state is written (and its envelopes acknowledged) at least this often; longer
+    # intervals coalesce more rewrites of busy items and replay more after a crash
+    flush_interval_ms: int = 5000
     # Kafka security (passed to aiokafka and Faust)
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -88,6 +91,7 @@ class Settings:
             grace_ms=_env_int("LAUNCHPULSE_GRACE_SECONDS", 600) * 1000,
             score_interval_ms=_env_int("LAUNCHPULSE_SCORE_INTERVAL_MS", 250),
             score_max_rows=_env_int("LAUNCHPULSE_SCORE_MAX_ROWS", 4096),
+            flush_interval_ms=_env_int("LAUNCHPULSE_FLUSH_INTERVAL_MS", 5000),
             model_path=os.environ.get("LAUNCHPULSE_MODEL") or None,
             scorer=_env("LAUNCHPULSE_SCORER", "model"),
             security_protocol=_env("LAUNCHPULSE_SECURITY_PROTOCOL", "PLAINTEXT"),
@@ -108,6 +112,8 @@ class Settings:
             raise SystemExit("launchpulse: window must be > 0 s and grace >= 0 s")
         if self.scorer not in ("model", "trend"):
             raise SystemExit(f"launchpulse: LAUNCHPULSE_SCORER must be 'model' or 'trend', not {self.scorer!r}")
+        if not (10 <= self.flush_interval_ms <= 600_000):
+            raise SystemExit(f"launchpulse: LAUNCHPULSE_FLUSH_INTERVAL_MS={self.flush_interval_ms} must be 10..600000")
         if not (0 < self.web_port < 65536):
             raise SystemExit(f"launchpulse: web port {self.web_port} is out of range")
         self._check_security()
