@@ -2,6 +2,16 @@
 
 The same function feeds the worker's scorer, ``launchpulse train`` and the
 backtest, so training and serving see identical features.
+
+Schema versions: 1, the window counts, history, trend, catalog and totals; 2 adds
+``log_expected_conversions`` and ``has_sessions``, from the closed shopping sessions
+that touched the item (:attr:`ClosedWindow.expected_conversions` / ``sessions``):
+the sum of their predicted purchase propensities over the sessions whose records
+reached the item since its previous scored window closed. Sessions close ~30 min
+after their last event (plus the grace) and their records reach the item's owner
+after that, so they cannot be attributed to the window holding their events; each
+session counts in exactly one row, the first one scored after it arrived. An
+artifact trained on another schema version is refused (``scorer.check_metadata``).
 """
 from __future__ import annotations
 
@@ -13,7 +23,7 @@ from .decisions import Evidence
 from .itemstate import COUNTERS, ClosedWindow
 from .windows import WindowConfig
 
-FEATURE_SCHEMA_VERSION = 1
+FEATURE_SCHEMA_VERSION = 2  # 2: log_expected_conversions, has_sessions
 HISTORY = 3  # previous closed windows summarised in the row
 RECENT_DEMAND_WINDOWS = 6  # with the closing window: a week of daily windows as a demand floor
 
@@ -38,6 +48,9 @@ FEATURES: dict[str, str] = {
     "log_stock_remaining": "log1p(stock remaining), 0 when unknown",
     "has_stock": "1 when stock is known",
     "log_total_orders": "log1p(all-time orders holding the item)",
+    "log_expected_conversions": "log1p(sum of the purchase propensities of the closed sessions touching the item "
+                                "that reached it since its previous scored window closed)",
+    "has_sessions": "1 when at least one such session (with a propensity) reached it",
 }
 FEATURE_NAMES = tuple(FEATURES)
 
@@ -61,10 +74,8 @@ def age_windows(cw: ClosedWindow, cfg: WindowConfig) -> int | None:
 
 
 def stock_remaining(cw: ClosedWindow) -> float | None:
-    st = cw.state
-    if st.stock is None:
-        return None
-    return max(0.0, st.stock - st.units_since_stock)
+    """Stock left at the end of the closed window (taken when it closed), None when unknown."""
+    return cw.stock_remaining
 
 
 def feature_row(cw: ClosedWindow, cfg: WindowConfig) -> list[float]:
@@ -89,6 +100,7 @@ def feature_row(cw: ClosedWindow, cfg: WindowConfig) -> list[float]:
         _l(age), 1.0 if st.status is not None else 0.0,
         _l(st.price), _l(rem), 1.0 if rem is not None else 0.0,
         _l(st.totals[COUNTERS.index("orders")]),
+        _l(cw.expected_conversions), 1.0 if cw.sessions else 0.0,
     ]
 
 

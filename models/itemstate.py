@@ -16,7 +16,7 @@ from .sessions import learn_session_record
 from .trends import TrendModel
 from .windows import WindowConfig
 
-STATE_VERSION = 3
+STATE_VERSION = 5  # 4: expected conversions since the previous scored window; 5: primary orders per window
 
 RECORD_FIELDS = {
     "k": "kind: 'c' clickstream, 'o' order line, 'g' catalog",
@@ -64,6 +64,12 @@ class ClosedWindow:
     totals_before: dict | None = None  # the item's counts over all windows closed before this one
     n_closed: int = 0  # this window's position in the item's own history (1 = first)
     forecast_abs_error: float | None = None  # |one-step trend forecast - units| (None: no forecast yet)
+    stock_remaining: float | None = None  # stock left at the window's end (see ItemState.stock_remaining_at)
+    # Closed sessions (with a purchase propensity) that reached the item since its previous ClosedWindow
+    # closed (or since it was first seen): the sum of their propensities, and how many. See
+    # ItemState.ec_since_close for why this is not attributed to the window itself.
+    expected_conversions: float = 0.0
+    sessions: int = 0
 
 
 @dataclass(slots=True)
@@ -85,8 +91,17 @@ class ItemState:
     n_closed: int = 0  # windows closed so far (the item's own history length)
     idle_run: int = 0  # consecutive closed windows without an event (dormant from cfg.idle_windows)
     primary_orders: int = 0  # orders whose counting record (n=1) this item carried: they sum to N
+    primary_windows: dict = field(default_factory=dict)  # window start -> primary orders in it (N per window)
     session_seen: dict = field(default_factory=dict)  # closed-session record id -> its time (dedupe, bounded)
     expected_conversions: float = 0.0  # sum of the predicted purchase propensity of the sessions that touched it
+    # The same sum, and the number of those sessions, over the session records that arrived since the
+    # item's previous ClosedWindow (a window with events) closed; handed to the next ClosedWindow and reset.
+    # Arrival, not the window: a session closes ~30 min (gap) + grace after its last event and its
+    # record reaches the item's owner after that (through the routed topic), so it often arrives after
+    # the window holding its events has closed; counting it in the next row scored counts each
+    # session in exactly one row, from what the owner knows at close time.
+    ec_since_close: float = 0.0
+    sessions_since_close: int = 0
     assoc: ItemAssociations = field(default_factory=ItemAssociations)
     trend: TrendModel = field(default_factory=TrendModel)
     signal_memory: dict = field(default_factory=dict)  # signal type -> last window start it fired
@@ -112,7 +127,7 @@ class ItemState:
         if self.first_seen is None or ts < self.first_seen:
             self.first_seen = ts
         if kind == "g":
-            self._apply_catalog(rec)
+            self._apply_catalog(rec, cfg)
             return ACCEPTED
         row = self.windows.get(start)
         if row is None:
@@ -135,11 +150,12 @@ class ItemState:
             self.totals[4] += q
             self.totals[5] += rev
             self.totals[6] += 1
-            if self.stock_ts is not None and ts >= self.stock_ts:
+            if self.stock_ts is not None and start >= cfg.start_of(self.stock_ts):
                 self.units_since_stock += q
             self.assoc.learn_basket(rec.get("b") or [], ts)
             if rec.get("n"):
                 self.primary_orders += 1
+                self.primary_windows[start] = self.primary_windows.get(start, 0) + 1
         return ACCEPTED
 
     def apply_session(self, rec: dict) -> bool:
@@ -158,11 +174,22 @@ class ItemState:
             for k in list(self.session_seen)[: len(self.session_seen) - SESSION_DEDUPE_KEEP]:
                 del self.session_seen[k]
         learn_session_record(self.assoc, rec)
-        if rec.get("pp") is not None:
-            self.expected_conversions += rec["pp"]
+        pp = rec.get("pp")
+        if pp is not None:
+            self.expected_conversions += pp
+            self.ec_since_close += pp
+            self.sessions_since_close += 1
         return True
 
-    def _apply_catalog(self, rec: dict) -> None:
+    def _apply_catalog(self, rec: dict, cfg: WindowConfig) -> None:
+        """A catalog record: status, category, price, launch date, and a stock figure.
+
+        A stock figure counts down from the start of its window: the units of every order in
+        that window and later are subtracted, whether those orders arrived before or after the
+        catalog record (topics are read in no fixed order, so the arrival order of a catalog
+        record and an order must not change the figure). Windows older than the kept ones are
+        no longer known per window; a stock figure that old counts from the oldest kept window.
+        """
         self.status = rec.get("st")
         if rec.get("c"):
             self.category_id = rec["c"]
@@ -173,7 +200,18 @@ class ItemState:
         if rec.get("sk") is not None and (self.stock_ts is None or rec["t"] >= self.stock_ts):
             self.stock = rec["sk"]
             self.stock_ts = rec["t"]
-            self.units_since_stock = 0
+            first = cfg.start_of(rec["t"])
+            self.units_since_stock = sum(row[4] for s, row in self.windows.items() if s >= first)
+
+    def stock_remaining_at(self, window_start: int, cfg: WindowConfig) -> float | None:
+        """Stock left at the end of the window starting at ``window_start``: orders of later windows
+        already applied are added back, so the figure does not depend on how far processing has
+        run ahead of the closing window. None without a stock figure."""
+        if self.stock is None:
+            return None
+        first = cfg.start_of(self.stock_ts)
+        later = sum(row[4] for s, row in self.windows.items() if s > window_start and s >= first)
+        return max(0.0, self.stock - self.units_since_stock + later)
 
     def close_windows(self, cfg: WindowConfig, watermark_ms: int) -> list[ClosedWindow]:
         """Close the windows the watermark has passed, oldest first; one ClosedWindow per window with events.
@@ -234,7 +272,12 @@ class ItemState:
             out.append(ClosedWindow(self.item_id, start, start + size, dict(zip(COUNTERS, counts)), history, self,
                                     self.trend.forecast(), self.trend.slope(), self.trend.burst(),
                                     dict(zip(COUNTERS, before)), self.n_closed,
-                                    None if before_fc is None else abs(before_fc - y)))
+                                    None if before_fc is None else abs(before_fc - y),
+                                    self.stock_remaining_at(start, cfg), self.ec_since_close, self.sessions_since_close))
+            # Sessions that arrived since the previous ClosedWindow go to this one only (several windows
+            # closing at once: the later ones got none in between).
+            self.ec_since_close = 0.0
+            self.sessions_since_close = 0
             start += size
         if self.closed_through != closed_before:
             self._prune(cfg, watermark_ms)
@@ -244,6 +287,8 @@ class ItemState:
         keep_from = self.closed_through - (cfg.keep_closed - 1) * cfg.size_ms
         for s in [s for s in self.windows if s < keep_from]:
             del self.windows[s]
+        for s in [s for s in self.primary_windows if s < keep_from]:
+            del self.primary_windows[s]
         # An id whose window has closed cannot come back without being refused as late.
         horizon = self.closed_through + cfg.size_ms
         if self.seen:
@@ -262,21 +307,33 @@ class ItemState:
             "units_since_stock": self.units_since_stock, "status": self.status,
             "launched_at": self.launched_at, "first_seen": self.first_seen, "seen": self.seen,
             "windows": {str(k): v for k, v in self.windows.items()}, "closed_through": self.closed_through,
-            "totals": self.totals, "closed_totals": self.closed_totals, "n_closed": self.n_closed, "idle_run": self.idle_run, "primary_orders": self.primary_orders, "assoc": self.assoc.to_state(), "trend": self.trend.to_state(),
+            "totals": self.totals, "closed_totals": self.closed_totals, "n_closed": self.n_closed, "idle_run": self.idle_run, "primary_orders": self.primary_orders,
+            "primary_windows": {str(k): v for k, v in self.primary_windows.items()}, "assoc": self.assoc.to_state(), "trend": self.trend.to_state(),
             "signal_memory": self.signal_memory,
             "session_seen": self.session_seen, "expected_conversions": self.expected_conversions,
+            "ec_since_close": self.ec_since_close, "sessions_since_close": self.sessions_since_close,
         }
 
     @classmethod
     def from_state(cls, d: dict) -> "ItemState":
-        if d.get("version") != STATE_VERSION:
-            raise ValueError(f"item state version {d.get('version')!r} is not {STATE_VERSION}")
+        version = d.get("version")
+        if version == 3:
+            # v3 -> v4: the since-close figures start at zero (sessions before the upgrade stay in
+            # the all-time expected_conversions only).
+            d = {**d, "ec_since_close": 0.0, "sessions_since_close": 0}
+        if version in (3, 4):
+            # v4 -> v5: primary orders per window start empty (recent-window totals count from the upgrade).
+            d = {**d, "primary_windows": {}}
+        elif version != STATE_VERSION:
+            raise ValueError(f"item state version {version!r} is not {STATE_VERSION}")
         return cls(
             item_id=d["item_id"], category_id=d["category_id"], price=d["price"], stock=d["stock"],
             stock_ts=d["stock_ts"], units_since_stock=d["units_since_stock"], status=d["status"],
             launched_at=d["launched_at"], first_seen=d["first_seen"], seen=dict(d["seen"]),
             windows={int(k): v for k, v in d["windows"].items()}, closed_through=d["closed_through"],
-            totals=list(d["totals"]), closed_totals=list(d["closed_totals"]), n_closed=d["n_closed"], idle_run=d["idle_run"], primary_orders=d["primary_orders"], assoc=ItemAssociations.from_state(d["assoc"]),
+            totals=list(d["totals"]), closed_totals=list(d["closed_totals"]), n_closed=d["n_closed"], idle_run=d["idle_run"], primary_orders=d["primary_orders"],
+            primary_windows={int(k): v for k, v in d["primary_windows"].items()}, assoc=ItemAssociations.from_state(d["assoc"]),
             trend=TrendModel.from_state(d["trend"]), signal_memory=dict(d["signal_memory"]),
             session_seen=dict(d["session_seen"]), expected_conversions=d["expected_conversions"],
+            ec_since_close=d["ec_since_close"], sessions_since_close=d["sessions_since_close"],
         )

@@ -3,20 +3,34 @@
 The worker runs the same pieces (routing, :class:`ItemState`, window closing) per
 partition; this runs them over one in-order stream, for ``launchpulse train``,
 the backtest and tests that compare the running worker with the pure models.
+
+With ``sessions`` (a :class:`~.sessions.SessionConfig`; ``launchpulse train`` passes one) it
+also runs the user-session owners as the worker does: every accepted event also goes through
+:func:`~.routing.route_session_records`, sessions close by watermark, one
+:class:`~.propensity.PropensityModel` predicts each closed session's purchase propensity and
+then learns its label, and every item the session touched applies its record
+(:meth:`ItemState.apply_session`, with ``pp`` rounded to 6 digits like the worker's). The worker
+keeps one propensity model per partition of user keys; here there is one. In the worker a
+session's records travel through the routed topic, so they reach the items after the windows
+closed by the same watermark step: here too, sessions are closed after the windows.
+Off by default: the backtest runs its own session owners beside the simulator.
 """
 from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator
 
 from .itemstate import ACCEPTED, ClosedWindow, ItemState, dormancy_check_window
-from .routing import route_event
+from .propensity import PropensityModel, ProgressiveScore
+from .routing import route_event, route_session_records
+from .sessions import DueIndex, SessionConfig, UserSessions
 from .windows import WindowConfig
 
 
 class Simulator:
     """Single-partition replay. ``close_every`` events, windows the watermark passed are closed."""
 
-    def __init__(self, cfg: WindowConfig, new_state: Callable[[str], ItemState] | None = None):
+    def __init__(self, cfg: WindowConfig, new_state: Callable[[str], ItemState] | None = None,
+                 sessions: SessionConfig | None = None):
         self.cfg = cfg
         self.states: dict[str, ItemState] = {}
         self.watermark = 0
@@ -25,6 +39,13 @@ class Simulator:
         self.n_orders = 0  # accepted baskets (N)
         self.pending: dict[int, set] = {}  # window start -> items with events in it (as the worker keeps)
         self._new = new_state or (lambda item: ItemState(item))
+        self.session_cfg = sessions
+        self.users: dict[str, UserSessions] = {}  # user key -> open sessions (with ``sessions`` only)
+        self.due = DueIndex()
+        self.propensity = PropensityModel()
+        self.propensity_score = ProgressiveScore()  # predict, then learn
+        self.sessions_closed = 0
+        self.sessions_ordered = 0
 
     def state(self, key: str) -> ItemState:
         st = self.states.get(key)
@@ -52,9 +73,45 @@ class Simulator:
                 outcome = o
                 if o == ACCEPTED and rec["k"] == "o":
                     self.n_orders += 1
+        if self.session_cfg is not None:
+            scfg = self.session_cfg
+            for key, rec in route_session_records(event):
+                u = self.users.get(key)
+                if u is None:
+                    u = self.users[key] = UserSessions(key)
+                u.apply(rec, scfg)
+                self.due.push(key, u.next_due_ms(scfg))
         self.outcomes[outcome] += 1
         self.watermark = max(self.watermark, event.ts_ms)
         return outcome
+
+    def close_sessions(self) -> int:
+        """Close the sessions the watermark has passed; their items learn them. Returns how many closed."""
+        scfg = self.session_cfg
+        if scfg is None:
+            return 0
+        nxt = self.due.next_due_ms()
+        if nxt is None or nxt > self.watermark:
+            return 0
+        n = 0
+        for key in self.due.pop_due(self.watermark):
+            u = self.users[key]
+            for summary in u.close(self.watermark, scfg):
+                x, y = summary.propensity_example()
+                p = self.propensity.predict_proba_one(x)
+                self.propensity_score.update(y, p)
+                self.propensity.learn_one(x, y)
+                n += 1
+                self.sessions_ordered += y
+                for item, rec in summary.item_records(round(p, 6)):
+                    self.state(item).apply_session(rec)
+            nxt = u.next_due_ms(scfg)
+            if nxt is None and u.is_empty():
+                del self.users[key]
+            else:
+                self.due.push(key, nxt)
+        self.sessions_closed += n
+        return n
 
     def close(self) -> list[ClosedWindow]:
         """Close the windows the watermark has passed for the items with events in them.
@@ -80,3 +137,6 @@ class Simulator:
             if boundary is None or b > boundary:
                 boundary = b
                 yield from self.close()
+            # After the windows: in the worker, sessions closed by this watermark step reach their
+            # items through the routed topic, after the windows the same step closed.
+            self.close_sessions()

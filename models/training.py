@@ -2,6 +2,9 @@
 
 Rows: every :class:`ClosedWindow` the :class:`Simulator` yields over the events
 (exactly what the worker scores), as :func:`launchpulse.models.features.feature_row`.
+The simulator also runs the user sessions (closed by watermark with the window grace,
+purchase propensity predicted then learnt, records applied to the items they touched),
+so the expected-conversions features are computed as the worker computes them.
 
 Labels: batch truth computed from the events themselves, not from the simulator's
 state: an item's units in each of the ``HORIZON`` windows after the row's window,
@@ -30,10 +33,16 @@ from launchpulse.schemas.validate import Invalid, format_ts, validate_event
 
 from .features import FEATURE_NAMES, feature_row
 from .scorer import HORIZON, DemandModel
+from .sessions import SessionConfig
 from .simulate import Simulator
 from .windows import WindowConfig
 
 BASELINES = ("last_window", "trend", "mean")
+_HAS_SESSIONS = FEATURE_NAMES.index("has_sessions")
+
+
+def _round(v, nd: int = 6):
+    return None if v is None else round(v, nd)
 
 
 def validated(events: Iterable) -> tuple[list, int]:
@@ -73,7 +82,9 @@ def build_dataset(events: Iterable, cfg: WindowConfig) -> tuple[np.ndarray, np.n
 
     ``meta``: per row ``item_id`` (list), ``start_ms`` (int64), ``last_units`` (units of the
     row's own window) and ``trend_forecast`` ((n, HORIZON), NaN where the trend model had
-    none: what :class:`TrendScorer` would have served); plus counts describing the data.
+    none: what :class:`TrendScorer` would have served); plus counts describing the data
+    (``sessions``: closed sessions, the share that ordered, the propensity model's progressive
+    AUC, and the share of rows with a session).
     """
     evs, n_invalid = validated(events)
     truth = true_units(evs, cfg)
@@ -81,7 +92,7 @@ def build_dataset(events: Iterable, cfg: WindowConfig) -> tuple[np.ndarray, np.n
     last_ts = max((e.ts_ms for e in evs), default=0)
     # The window holding the newest event may be incomplete; the one before it is the last complete one.
     last_complete = cfg.start_of(last_ts) - size
-    sim = Simulator(cfg)
+    sim = Simulator(cfg, sessions=SessionConfig(grace_ms=cfg.grace_ms))
     X, Y, items, starts, last_units, trend_fc = [], [], [], [], [], []
     n_closed = 0
     nan3 = [math.nan] * HORIZON
@@ -108,6 +119,12 @@ def build_dataset(events: Iterable, cfg: WindowConfig) -> tuple[np.ndarray, np.n
         "first_event": format_ts(evs[0].ts_ms) if evs else None,
         "last_event": format_ts(last_ts) if evs else None,
         "items": len(set(items)),
+        "sessions": {
+            "closed": sim.sessions_closed,
+            "ordered_share": round(sim.sessions_ordered / sim.sessions_closed, 6) if sim.sessions_closed else None,
+            "propensity_auc_progressive": _round(sim.propensity_score.auc()),
+            "rows_with_sessions": round(float(np.mean([x[_HAS_SESSIONS] for x in X])), 6) if X else None,
+        },
     }
     return (np.asarray(X, dtype=np.float32).reshape(n, len(FEATURE_NAMES)),
             np.asarray(Y, dtype=np.float32).reshape(n, HORIZON), meta)

@@ -77,7 +77,7 @@ def run(args) -> int:
     cfg = WindowConfig(size_ms=args.window_seconds * 1000, grace_ms=args.grace_seconds * 1000)
     t0 = time.perf_counter()
     events = datasets.load(args.dataset, opening_stock=args.opening_stock, limit=args.events)
-    _log(f"train: {len(events)} {args.dataset} events; simulating windows of {args.window_seconds} s ...")
+    _log(f"train: {len(events)} {args.dataset} events; simulating windows of {args.window_seconds} s and sessions ...")
     X, Y, meta = training.build_dataset(events, cfg)
     t_build = time.perf_counter() - t0
     _log(f"train: {len(X)} rows ({meta['items']} items) in {t_build:.0f} s; fitting {args.epochs} epochs ...")
@@ -90,7 +90,7 @@ def run(args) -> int:
         desc = (datasets.__doc__ or "").strip().split("\n\n")[1].split(" The timeline is rebuilt")[0]
         desc += " Timeline rebuilt deterministically (see launchpulse.stream.datasets)."
     data = {k: meta[k] for k in ("events", "invalid_events", "outcomes", "closed_windows", "rows",
-                                 "rows_dropped_incomplete_labels", "items", "first_event", "last_event")}
+                                 "rows_dropped_incomplete_labels", "items", "first_event", "last_event", "sessions")}
     doc = {
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "command": "launchpulse train " + " ".join(_argv(args)),

@@ -1,4 +1,5 @@
-"""ItemState against batch truth: windowed counts, the trend series it learns, dormancy, bounded live models;
+"""ItemState against batch truth: windowed counts, the trend series it learns, dormancy, bounded live models,
+expected conversions since the previous scored window;
 and the owner partitions' watermark (PartitionMeta) over every input partition."""
 from __future__ import annotations
 
@@ -198,3 +199,98 @@ def test_catalog_records_are_never_late():
     cat = {"k": "g", "id": "catalog@30", "t": 30, "i": "x", "c": "c1", "p": 2.0, "st": "live", "sk": 7, "la": 0, "n": 1}
     assert st_.apply(cat, CFG) == ACCEPTED
     assert (st_.stock, st_.status, st_.category_id) == (7, "live", "c1")
+
+
+# -- expected conversions since the previous scored window ----------------------------------
+
+def session_rec(sid: str, ts: int, pp: float | None) -> dict:
+    return {"k": "s", "id": sid, "t": ts, "i": "x", "v": [], "ca": None, "pp": pp, "n": 0}
+
+
+@st.composite
+def orders_and_sessions(draw):
+    """Orders (as events_strategy) interleaved with closed-session records (pp in 1/64ths: sums are exact,
+    None for a session without a propensity); some sessions are delivered twice."""
+    orders = [("o",) + e for e in draw(events_strategy())]
+    n = draw(st.integers(0, 40))
+    sessions = [("s", f"s{i}", draw(st.one_of(st.none(), st.integers(0, 64).map(lambda k: k / 64)))) for i in range(n)]
+    sessions += draw(st.lists(st.sampled_from(sessions), max_size=10)) if sessions else []
+    out = list(orders)
+    for s in sessions:
+        out.insert(draw(st.integers(0, len(out))), s)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(orders_and_sessions(), st.integers(1, 5))
+def test_expected_conversions_since_previous_scored_window(events, close_every):
+    """Each session's propensity lands in exactly one row: the first ClosedWindow emitted after it arrived."""
+    st_ = ItemState("x")
+    pending: dict[int, set] = {}
+    wm = 0
+    rows = []  # (ClosedWindow, pp of the sessions that arrived since the previous ClosedWindow)
+    arrived: list[float] = []
+    seen_sessions: set[str] = set()
+    for i, ev in enumerate(events):
+        if ev[0] == "s":
+            _, sid, pp = ev
+            assert st_.apply_session(session_rec(sid, wm, pp)) == (sid not in seen_sessions)
+            if sid not in seen_sessions and pp is not None:
+                arrived.append(pp)
+            seen_sessions.add(sid)
+        else:
+            _, ts, oid, q = ev
+            if CFG.is_late(ts, wm):
+                continue
+            if st_.apply(order_rec(oid, ts, q), CFG) == ACCEPTED:
+                pending.setdefault(CFG.start_of(ts), set()).add("x")
+                pending.setdefault(dormancy_check_window(CFG.start_of(ts), CFG), set()).add("x")
+            wm = max(wm, ts)
+        if i % close_every == 0 or i == len(events) - 1:
+            ready = [s for s in pending if CFG.closable(s, wm)]
+            for s in ready:
+                del pending[s]
+            if ready:
+                for cw in st_.close_windows(CFG, wm):
+                    rows.append((cw, arrived))
+                    arrived = []
+        # state survives JSON at any point
+        if i % 7 == 0:
+            again = ItemState.from_state(orjson.loads(orjson.dumps(st_.to_state())))
+            assert again.to_state() == st_.to_state()
+            st_ = again
+    for cw, pps in rows:
+        assert cw.sessions == len(pps) and cw.expected_conversions == sum(pps)
+    assert st_.sessions_since_close == len(arrived) and st_.ec_since_close == sum(arrived)
+    total = [p for _, pps in rows for p in pps] + arrived
+    assert st_.expected_conversions == sum(total)
+
+
+def test_expected_conversions_features_and_state_versions():
+    from launchpulse.models.features import FEATURE_NAMES, feature_row
+
+    st_ = ItemState("x")
+    st_.apply(order_rec("a", 10), CFG)
+    assert st_.apply_session(session_rec("s1", 20, 0.5)) and st_.apply_session(session_rec("s2", 30, 0.25))
+    assert not st_.apply_session(session_rec("s1", 20, 0.5))  # a repeat
+    st_.apply(order_rec("b", 1010), CFG)
+    cw1, cw2 = st_.close_windows(CFG, 2_200)  # two windows close at once: the sessions go to the first
+    assert (cw1.expected_conversions, cw1.sessions, cw2.expected_conversions, cw2.sessions) == (0.75, 2, 0.0, 0)
+    i = FEATURE_NAMES.index("log_expected_conversions")
+    r1, r2 = feature_row(cw1, CFG), feature_row(cw2, CFG)
+    assert r1[i] == pytest.approx(0.5596157879354227) and r1[FEATURE_NAMES.index("has_sessions")] == 1.0
+    assert r2[i] == 0.0 and r2[FEATURE_NAMES.index("has_sessions")] == 0.0
+    assert st_.expected_conversions == 0.75 and (st_.ec_since_close, st_.sessions_since_close) == (0.0, 0)
+    st_.apply_session(session_rec("s3", 2_300, 0.125))
+    d = st_.to_state()
+    assert d["version"] == 5 and (d["ec_since_close"], d["sessions_since_close"]) == (0.125, 1)
+    assert ItemState.from_state(orjson.loads(orjson.dumps(d))).to_state() == d
+    # a version-3 state (before these fields) loads with the since-close figures at zero
+    v3 = {k: v for k, v in d.items() if k not in ("ec_since_close", "sessions_since_close", "primary_windows")} | {"version": 3}
+    old = ItemState.from_state(v3)
+    assert (old.ec_since_close, old.sessions_since_close, old.expected_conversions) == (0.0, 0, 0.875)
+    # a version-4 state (before primary orders per window) loads with them empty
+    v4 = {k: v for k, v in d.items() if k != "primary_windows"} | {"version": 4}
+    assert ItemState.from_state(v4).primary_windows == {}
+    with pytest.raises(ValueError, match="version"):
+        ItemState.from_state({**d, "version": 99})

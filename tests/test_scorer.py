@@ -78,6 +78,18 @@ def test_dataset_labels_are_batch_truth(dataset):
     assert (meta["start_ms"] + HORIZON * DAY <= T0 + (N_DAYS - 2) * DAY).all()
 
 
+def test_dataset_carries_expected_conversions(dataset):
+    """The training replay closes the sessions like the worker: each item-day's one session (a view, its user
+    orders within the gap) reaches the item before that day's window closes, so every row has exactly one."""
+    X, _, meta = dataset
+    i, h = FEATURE_NAMES.index("log_expected_conversions"), FEATURE_NAMES.index("has_sessions")
+    s = meta["sessions"]
+    assert s["closed"] == (N_DAYS - 1) * N_ITEMS  # the last day's sessions are still open at the end
+    assert s["ordered_share"] == 1.0 and s["rows_with_sessions"] == 1.0
+    ec = np.expm1(X[:, i].astype(np.float64))
+    assert (X[:, h] == 1.0).all() and ((ec > 0.0) & (ec < 1.0)).all()  # one session a row, pp in (0, 1)
+
+
 def test_time_split_has_no_leakage(dataset):
     X, Y, meta = dataset
     tr, te, cutoff = training.time_split(meta["start_ms"], DAY, 0.25)
@@ -164,6 +176,20 @@ def test_schema_mismatch_raises(change):
     else:
         meta["format"] = "something-else"
     with pytest.raises(ArtifactError, match="feature|horizon|format"):
+        DemandScorer.from_bytes(weights, json.dumps(meta))
+
+
+def test_previous_feature_schema_is_refused_with_a_clear_error():
+    """An artifact of schema v1 (19 columns, before the expected-conversions features) cannot be served."""
+    assert FEATURE_SCHEMA_VERSION == 2 and FEATURE_NAMES[-2:] == ("log_expected_conversions", "has_sessions")
+    weights, meta_json = artifact_bytes(DemandModel(n_features=len(FEATURE_NAMES) - 2), {"version": "demand-mlp-old"})
+    meta = json.loads(meta_json)
+    meta["feature_schema_version"], meta["feature_names"] = 1, list(FEATURE_NAMES[:-2])
+    with pytest.raises(ArtifactError, match=r"trained on feature schema v1, this code builds v2; retrain it"):
+        DemandScorer.from_bytes(weights, json.dumps(meta))
+    # the right version with the old columns is refused too (names checked, not only the number)
+    meta["feature_schema_version"] = FEATURE_SCHEMA_VERSION
+    with pytest.raises(ArtifactError, match=r"feature names differ .*19 vs 21 columns"):
         DemandScorer.from_bytes(weights, json.dumps(meta))
 
 
