@@ -252,6 +252,42 @@ class CategoryState:
     def closed(self, cfg: WindowConfig) -> list[CategoryWindow]:
         return [CategoryWindow.from_list(self.category_id, cfg.size_ms, v) for v in self.history]
 
+    def prior_for_new_items(self, cfg: WindowConfig, recent: int = 7) -> dict | None:
+        """What a brand-new item of this category starts its trend from (cold start), or None.
+
+        ``{"trend": the category's trend state, "scale": s, "through": last closed window}``: the
+        new item's model is :meth:`TrendModel.from_prior` of the category's trend at ``s`` times its
+        level, ``s`` being the units per active new item over the last ``recent`` closed windows
+        against the category's units per window (per active item, when no new item sold), so a new
+        launch starts at what new launches of its category sold. None while the category's trend
+        has no forecast or nothing sold.
+
+        >>> from launchpulse.models.windows import WindowConfig
+        >>> cfg = WindowConfig(size_ms=10, grace_ms=0)
+        >>> cat = CategoryState("c")
+        >>> for w in range(6):
+        ...     _ = cat.apply({"k": "o", "id": f"o{w}", "t": w * 10, "L": [["a", 8], ["b", 2]]}, cfg)
+        >>> _ = cat.close_windows(cfg, 60)
+        >>> p = cat.prior_for_new_items(cfg)
+        >>> round(p["scale"], 3), p["through"]
+        (0.5, 50)
+        """
+        if self.trend.forecast() is None:
+            return None
+        wins = self.closed(cfg)[-recent:]
+        units = sum(w.units for w in wins)
+        if units <= 0:
+            return None
+        new_units, new_active = sum(w.new_units for w in wins), sum(w.new_items_active for w in wins)
+        if new_active:
+            per_item = new_units / new_active
+        else:
+            active = sum(w.items_active for w in wins)
+            per_item = units / active if active else 0.0
+        if per_item <= 0:
+            return None
+        return {"trend": self.trend.to_state(), "scale": per_item / (units / len(wins)), "through": self.closed_through}
+
     # -- state ---------------------------------------------------------------------------
     def to_state(self) -> dict:
         return {"version": STATE_VERSION, "category_id": self.category_id, "new_windows": self.new_windows,

@@ -88,6 +88,10 @@ def feature_row(cw: ClosedWindow, cfg: WindowConfig) -> list[float]:
     st = cw.state
     fc = cw.trend_forecast
     slope = cw.trend_slope
+    if st.trend.seeded and st.trend.is_provisional:
+        # A cold-start forecast borrowed from the category (the worker's /trend serves it): the
+        # scorer was trained on items' own trends only, so it sees "no forecast yet", as it did.
+        fc = slope = None
     rem = stock_remaining(cw)
     age = age_windows(cw, cfg)
     return [

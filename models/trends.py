@@ -259,6 +259,11 @@ class TrendModel:
         return self._n
 
     @property
+    def seeded(self) -> bool:
+        """True when the series started from other series' states (:meth:`from_prior`)."""
+        return self._from_prior
+
+    @property
     def is_provisional(self) -> bool:
         """True until the series has ``min_history`` windows of its own."""
         return self._n < self.min_history

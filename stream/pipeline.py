@@ -34,8 +34,8 @@ from launchpulse.models.propensity import ProgressiveScore, PropensityModel
 from launchpulse.models.routing import CATEGORY_KEY_PREFIX, USER_KEY_PREFIX
 from launchpulse.models.sessions import DueIndex, SessionConfig, SessionTotals, UserSessions
 from launchpulse.models.scorer import TrendScorer
-from launchpulse.models.trends import summarise
-from launchpulse.models.associations import rank_associations
+from launchpulse.models.trends import TrendModel, summarise
+from launchpulse.models.associations import DEFAULT_MIN_SUPPORT_COUNT, ItemAssociations, rank_associations
 from launchpulse.models.routing import partition_for, partition_for_bytes
 from launchpulse.models.windows import WindowConfig
 from launchpulse.schemas.validate import Rejection, dead_letter_record
@@ -48,6 +48,7 @@ from .settings import Settings
 log = logging.getLogger("launchpulse.worker")
 
 N_TOTAL_TTL_S = 0.25
+CATEGORY_PRIOR_PREFIX = b"#category:"  # totals key of a category's cold-start prior
 
 
 class PartitionMeta:
@@ -118,6 +119,9 @@ def meta_keys(n_partitions: int, prefix: str = "#meta") -> list[bytes]:
 
 
 CACHE_MAX_ITEMS = 200_000
+# window=recent of the associations view: the last this-many windows, up to the newest window any
+# input partition has reached (each item keeps per-window partner counters for them).
+RECENT_WINDOWS = 4
 # Besides every Settings.flush_interval_ms, a flush is due after this many envelopes: each flush
 # rewrites every key touched since the last one, so bigger flushes coalesce more writes of busy keys.
 FLUSH_MAX_ENVELOPES = 400
@@ -148,6 +152,8 @@ class Worker:
         self.last_flush = time.monotonic()
         self._n_total = 0
         self._primary_since = 0  # primary orders accepted here since _n_total was summed
+        self._primary_since_w: dict[int, int] = {}  # the same per window start
+        self._n_windows: dict[int, int] = {}  # primary orders per window start, as of the last sum
         self._n_sessions = (0, 0)
         self._n_total_at = -1e9
         self.session_cfg = SessionConfig(grace_ms=s.grace_ms)
@@ -268,7 +274,9 @@ class Worker:
             for key in self.dirty_totals:
                 st = cache[key]
                 a = st.assoc
-                self._replica_write(key.encode(), [a.n_item, st.primary_orders, a.n_view, a.n_cart])
+                pw = st.primary_windows
+                per_window = {str(w): [row[6], pw.get(w, 0)] for w, row in st.windows.items() if row[6]}
+                self._replica_write(key.encode(), [a.n_item, st.primary_orders, a.n_view, a.n_cart, per_window])
             state_records, self._pending_writes = self._pending_writes, []
             for p in self.dirty_metas:
                 meta = self.metas[p]
@@ -353,7 +361,8 @@ class Worker:
                 st = CategoryState.from_state(orjson.loads(raw)) if raw else CategoryState(
                     key[len(CATEGORY_KEY_PREFIX):], new_windows=self.thresholds.new_item_windows)
             else:
-                st = ItemState.from_state(orjson.loads(raw)) if raw else ItemState(key)
+                st = ItemState.from_state(orjson.loads(raw)) if raw else ItemState(
+                    key, assoc=ItemAssociations(key, window_ms=self.cfg.size_ms, keep_windows=RECENT_WINDOWS))
             if len(self.cache) >= CACHE_MAX_ITEMS:
                 # Evict clean entries only; dirty ones are written at the next flush.
                 for k in [k for k in list(self.cache)[: CACHE_MAX_ITEMS // 5] if k not in self.dirty_items]:
@@ -409,6 +418,9 @@ class Worker:
             elif kind is UserSessions:
                 outcome = st.apply(rec, self.session_cfg)
                 meta.due.push(key, st.next_due_ms(self.session_cfg))
+            elif kind is ItemState and st.first_seen is None:
+                outcome = st.apply(rec, cfg)
+                self._cold_start(st)
             else:
                 outcome = st.apply(rec, cfg)
             if rec["n"]:
@@ -436,6 +448,7 @@ class Worker:
                         self.dirty_totals.add(key)
                         if rec["n"] and outcome == ACCEPTED:
                             self._primary_since += 1
+                            self._primary_since_w[start] = self._primary_since_w.get(start, 0) + 1
                 elif kind is CategoryState:
                     meta.categories.add(key)
             elif rec["n"]:
@@ -479,6 +492,18 @@ class Worker:
         self.records_processed += len(recs)
         m.stage.labels("state").observe(time.perf_counter() - t0)
 
+    def _cold_start(self, st: ItemState) -> None:
+        """A brand-new item of a known category starts its trend from the category's (provisional).
+
+        The category's owner publishes what a new launch of it starts from at every closed window
+        (see CategoryState.prior_for_new_items), replicated to every worker like the basket totals.
+        """
+        if st.category_id is None or st.first_seen is None:
+            return
+        prior = self.totals.get(CATEGORY_PRIOR_PREFIX + st.category_id.encode())
+        if prior is not None:
+            st.trend = TrendModel.from_prior([prior["trend"]], scale=prior["scale"])
+
     def _close_sessions(self, meta: PartitionMeta, consumed_at: float) -> None:
         """Close the sessions the watermark passed: learn purchase propensity (predict, then learn),
         and send each touched item's owner the session's co-view / co-cart record."""
@@ -521,6 +546,9 @@ class Worker:
             if not closed:
                 continue
             self.dirty_items.add(key)
+            prior = st.prior_for_new_items(cfg)
+            if prior is not None:
+                self._replica_write(CATEGORY_PRIOR_PREFIX + st.category_id.encode(), prior)
             mem = SignalMemory.from_state(st.signal_memory or None)
             for cw in closed:
                 ev = cadence_evidence(st, cfg, th, window_start=cw.start_ms)
@@ -573,17 +601,46 @@ class Worker:
             cache = self.cache
             total = 0
             views = carts = 0
+            per_window: dict[int, int] = {}
             for k, v in self.totals.items():
                 if k[:1] == b"#":
-                    views += v[0]
-                    carts += v[1]
+                    if k.startswith(b"#sessions"):
+                        views += v[0]
+                        carts += v[1]
                 elif type(cache.get(k.decode())) is not ItemState:
                     total += v[1]
-            self._n_total = total + sum(st.primary_orders for st in cache.values() if type(st) is ItemState)
+                    if len(v) > 4:
+                        for w, (_, primary) in v[4].items():
+                            w = int(w)
+                            per_window[w] = per_window.get(w, 0) + primary
+            for st in cache.values():
+                if type(st) is ItemState:
+                    total += st.primary_orders
+                    for w, primary in st.primary_windows.items():
+                        per_window[w] = per_window.get(w, 0) + primary
+            self._n_total = total
+            self._n_windows = per_window
             self._n_sessions = (views, carts)
             self._n_total_at = now
             self._primary_since = 0
+            self._primary_since_w = {}
         return self._n_total + self._primary_since
+
+    def n_orders_windows(self, lo: int, hi: int) -> int:
+        """Accepted baskets with event time in windows lo..hi (window starts): N of window=recent."""
+        self.n_orders_total()
+        since = self._primary_since_w
+        return sum(n for w, n in self._n_windows.items() if lo <= w <= hi) + sum(
+            n for w, n in since.items() if lo <= w <= hi)
+
+    def recent_range(self, partition: int) -> tuple[int, int] | None:
+        """The window starts of window=recent: the newest window any input partition has reached (as
+        reported to this owner partition) and the RECENT_WINDOWS - 1 before it. None before any report."""
+        meta = self._meta(partition)
+        if not meta.parts:
+            return None
+        hi = self.cfg.start_of(max(ts for ts, _ in meta.parts.values()))
+        return hi - (RECENT_WINDOWS - 1) * self.cfg.size_ms, hi
 
     def n_sessions(self) -> tuple[int, int]:
         """Closed sessions with a view, with a cart (all partitions; the substitute test's totals)."""
@@ -692,22 +749,35 @@ class Worker:
         @app.table_route(table=self.items, match_info="item_id")
         async def associations(web, request, item_id):
             limit = _int_arg(request, "limit", 20, 1, 10000)
+            min_count = _int_arg(request, "min_count", DEFAULT_MIN_SUPPORT_COUNT, 1, 1_000_000_000)
             window = request.query.get("window", "all")
             if limit is None:
                 return web.json({"error": "limit must be an integer between 1 and 10000"}, status=400)
-            if window != "all":
-                # Only the all-time view is kept by the worker so far (recent windows would multiply
-                # the association state); say so rather than answer with something else.
-                return web.json({"error": "window must be 'all' (recent association windows are not kept yet)"},
-                                status=400)
+            if min_count is None:
+                return web.json({"error": "min_count must be a positive integer"}, status=400)
+            if window not in ("all", "recent"):
+                return web.json({"error": "window must be 'all' or 'recent'"}, status=400)
             st = worker.peek(item_id)
             if type(st) is not ItemState:
                 return web.json({"error": f"unknown item {item_id}"}, status=404)
-            n_views, n_carts = worker.n_sessions()
-            rows = rank_associations(st.assoc, worker.totals_view, worker.n_orders_total(), limit=limit, window=window,
-                                     now_ms=None, view_counts=worker.view_counts, n_view_total=n_views,
-                                     cart_counts=worker.cart_counts, n_cart_total=n_carts)
-            return web.json({"item_id": item_id, "window": window, "associations": [
+            extra = {}
+            if window == "all":
+                n_views, n_carts = worker.n_sessions()
+                rows = rank_associations(st.assoc, worker.totals_view, worker.n_orders_total(), limit=limit,
+                                         min_support_count=min_count, window="all", view_counts=worker.view_counts, n_view_total=n_views,
+                                         cart_counts=worker.cart_counts, n_cart_total=n_carts)
+            else:
+                rng = worker.recent_range(partition_for(item_id, worker.s.state_partitions))
+                if rng is None or not st.assoc.window_ms:
+                    rows = []  # no input heard yet, or a state from before recent windows were kept
+                else:
+                    lo, hi = rng
+                    extra = {"window_start_ms": lo, "window_end_ms": hi + worker.cfg.size_ms}
+                    # Co-purchases only: the session totals (substitute test) are kept all-time.
+                    rows = rank_associations(st.assoc, _RecentBaskets(worker.totals, worker.cache, lo, hi),
+                                             worker.n_orders_windows(lo, hi), limit=limit,
+                                             min_support_count=min_count, window="recent", now_ms=hi)
+            return web.json({"item_id": item_id, "window": window, **extra, "associations": [
                 {k: r[k] for k in ("item_id", "co_count", "support", "confidence", "lift", "leverage", "conviction",
                                    "relation", "exact")} for r in rows]})
 
@@ -727,6 +797,26 @@ class Worker:
             return web.json({"item_id": item_id, "window_ms": worker.cfg.size_ms,
                              "windows": st.recent_windows(worker.cfg), **summarise(st.trend),
                              "series": "units ordered per window"})
+
+
+class _RecentBaskets:
+    """Baskets per item in the windows lo..hi (window starts), for window=recent: the owner's
+    own state for items this worker holds, the replicated per-window totals for the others."""
+
+    __slots__ = ("_t", "_own", "_lo", "_hi")
+
+    def __init__(self, table, own: dict, lo: int, hi: int):
+        self._t, self._own, self._lo, self._hi = table, own, lo, hi
+
+    def get(self, key: str, default=None):
+        lo, hi = self._lo, self._hi
+        st = self._own.get(key)
+        if type(st) is ItemState:
+            return sum(row[6] for w, row in st.windows.items() if lo <= w <= hi)
+        v = self._t.get(key.encode())
+        if v is None or len(v) <= 4:
+            return default
+        return sum(n for w, (n, _) in v[4].items() if lo <= int(w) <= hi)
 
 
 def _raw_table(table, value: str = "raw"):

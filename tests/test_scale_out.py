@@ -53,3 +53,30 @@ def test_two_workers_split_partitions_and_answer_exactly(deployment):
             assert row["co_count"] == co, (item, partner, row, co)
             assert row["lift"] == pytest.approx(co * n_total / (n_item[item] * n_item[partner]), rel=1e-6)
         assert not [p for p, c in expected.items() if c >= 10 and p not in rows], item
+
+    # window=recent: the last 4 daily windows up to the newest one reached, from either worker; its
+    # N, n_A, n_C and co-counts are the batch counts over the orders in that range.
+    code, body = http_json(f"{a.base}/items/{top[0]}/associations?limit=1000&window=recent&min_count=2", 15.0)
+    assert code == 200 and body["window"] == "recent", body
+    lo, hi = body["window_start_ms"], body["window_end_ms"]
+    assert hi - lo == 4 * 86_400_000 and hi > max(o["ts"] for o in orders), (lo, hi)
+    recent = [o for o in orders if lo <= o["ts"] < hi]
+    n_recent, n_item_recent, pair_recent = batch_truth(recent)
+    checked = 0
+    for k, item in enumerate(top):
+        w = (b, a)[k % 2]
+        code, body = http_json(f"{w.base}/items/{item}/associations?limit=1000&window=recent&min_count=2", 15.0)
+        assert code == 200 and (body["window_start_ms"], body["window_end_ms"]) == (lo, hi), body
+        expected = pair_recent.get(item, {})
+        rows = {r["item_id"]: r for r in body["associations"]}
+        for partner, row in rows.items():
+            co = expected.get(partner, 0)
+            assert row["co_count"] == co, (item, partner, row, co)
+            assert row["support"] == pytest.approx(co / n_recent, rel=1e-6)
+            assert row["confidence"] == pytest.approx(co / n_item_recent[item], rel=1e-6)
+            assert row["lift"] == pytest.approx(co * n_recent / (n_item_recent[item] * n_item_recent[partner]), rel=1e-6)
+            checked += 1
+        # every pair above the minimum support (the ranking's floor) is returned
+        assert not [p for p, c in expected.items() if c >= 2 and p not in rows], item
+    assert checked > 50, checked  # the recent view is not trivially empty
+

@@ -97,3 +97,71 @@ def test_trend_view_equals_pure_model(deployment):
             units[start] = units.get(start, 0) + o["items"][0]["quantity"]
     for win in got["trend-a"]["windows"]:
         assert win["units"] == units.get(win["start_ms"], 0), win
+
+
+def test_new_item_starts_from_its_category(deployment):
+    """Cold start: a brand-new item of a category with history gets the category's trend, scaled to what
+    its items sell, marked provisional; an item of a category without history gets no forecast."""
+    from launchpulse.models.category import CategoryState
+    from launchpulse.models.routing import route_category_records
+    from launchpulse.models.trends import TrendModel
+
+    s = deployment.settings()
+    asyncio.run(ensure_topics(s))
+    w = deployment.worker()
+    w.wait_healthy()
+    rng = random.Random(5)
+    history = []
+    for win in range(12):
+        for item, rate in (("cs-a", 4 + win // 3), ("cs-b", 2)):
+            for k in range(rate):
+                history.append({"order_id": f"cs-{item}-{win}-{k}", "ts": BASE + win * HOUR + rng.randrange(HOUR - 1000),
+                                "user_id": f"u{k}", "items": [{"item_id": item, "quantity": 1, "price": 2.0,
+                                                               "category_id": "cold-cat"}]})
+    history.sort(key=lambda o: o["ts"])
+    newcomers = [{"order_id": f"cs-new-{i}", "ts": history[-1]["ts"] + 1000 + i, "user_id": "u9",
+                  "items": [{"item_id": item, "quantity": 1, "price": 2.0, "category_id": cat}]}
+                 for i, (item, cat) in enumerate((("cs-new", "cold-cat"), ("cs-lone", "empty-cat")))]
+
+    async def produce(orders):
+        p = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers)
+        await p.start()
+        try:
+            for o in orders:
+                await p.send(s.topic_orders, orjson.dumps(o), key=o["order_id"].encode())
+            await p.flush()
+        finally:
+            await p.stop()
+
+    cfg = WindowConfig(size_ms=s.window_ms, grace_ms=s.grace_ms)
+    cat = CategoryState("cold-cat")
+    ps = Pseudonymiser(b"test-key")
+    for o in history:
+        for ev in parse_message(orjson.dumps(o), "order", ps).events:
+            for _, rec in route_category_records(ev):
+                cat.apply(rec, cfg)
+    cat.close_windows(cfg, history[-1]["ts"])
+    prior = cat.prior_for_new_items(cfg)
+    assert prior is not None
+    expected = TrendModel.from_prior([prior["trend"]], scale=prior["scale"]).forecast()
+
+    asyncio.run(produce(history))
+    deadline = time.monotonic() + 90
+    body = {}
+    while time.monotonic() < deadline:  # the category has closed every window the history allows
+        body = http_json(f"{w.base}/items/category:cold-cat/trend")[1]
+        if body.get("n_windows") == cat.trend.n_seen:
+            break
+        time.sleep(1)
+    assert body.get("n_windows") == cat.trend.n_seen and body["forecast"] == cat.trend.forecast(), body
+    asyncio.run(produce(newcomers))
+    got = {}
+    while time.monotonic() < deadline + 30:
+        got = {i: http_json(f"{w.base}/items/{i}/trend") for i in ("cs-new", "cs-lone")}
+        if all(code == 200 for code, _ in got.values()):
+            break
+        time.sleep(1)
+    new, lone = got["cs-new"][1], got["cs-lone"][1]
+    assert new["provisional"] and new["n_windows"] == 0 and new["forecast"] == expected, (new, expected)
+    assert 0 < new["forecast"][0] < body["forecast"][0]  # a share of the category's units
+    assert lone["forecast"] is None and lone["provisional"], lone

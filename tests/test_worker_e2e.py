@@ -104,7 +104,9 @@ def test_http_views_and_cli_errors(deployment):
     assert http_json(w.base + "/items/nope/trend")[0] == 404
     assert http_json(w.base + "/items/item-1/associations?limit=abc")[0] == 400
     assert http_json(w.base + "/signals/recent?limit=3")[0] == 200
-    # An association window the worker does not keep is refused with the reason, not answered otherwise.
+    # The recent view answers with its range; a window the worker does not keep is refused with the reason.
     code, body = http_json(w.base + "/items/item-1/associations?window=recent")
+    assert code == 200 and body["window"] == "recent" and body["window_end_ms"] > body["window_start_ms"], body
+    code, body = http_json(w.base + "/items/item-1/associations?window=7d")
     assert code == 400 and "window" in body["error"]
 
