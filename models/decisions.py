@@ -23,12 +23,15 @@ class Thresholds:
     new_item_windows: int = 14  # an item is "new" this many windows after launch (or first sight)
     boost_min_interest: float = 10.0  # views + carts in the window
     boost_growth: float = 1.5  # window interest over the mean of the previous windows
+    boost_rise_windows: int = 2  # interest above its previous windows' mean this many closed windows in a row (this
+    # one included): a take-off is sustained, one noisy window is not
     boost_min_conversion_ratio: float = 0.8  # conversion must hold: >= this x previous conversion
     restock_lead_windows: int = 3  # stock must cover this many windows of predicted demand
     stock_min_history_windows: int = 7  # no stock judgement on a trend fitted to fewer windows
     overstock_cover_windows: int = 60  # remaining stock covers more than this many windows of demand
     overstock_min_age_windows: int = 7  # only judge overstock once the item has some history
     overstock_confirm_windows: int = 4  # the condition must hold at this many looks in a row
+    overstock_rate_z: float = 2.0  # ... even at this many standard errors (Poisson) above the recent sales rate
     bundle_min_co_count: int = 10  # orders holding both items
     bundle_min_lift: float = 3.0
     bundle_max_per_item: int = 3
@@ -58,6 +61,10 @@ class Thresholds:
 #: model_version of the rule-only signals (no learnt model behind them); bump when a rule changes.
 CADENCE_MODEL_VERSION = "cadence-rules-v1"
 HOMOGENEITY_MODEL_VERSION = "homogeneity-rules-v1"
+
+#: Windows behind ``Evidence.recent_mean_units``, the closing one included (features.RECENT_DEMAND_WINDOWS + 1;
+#: a test checks they agree): the standard error of that rate is sqrt(rate / this).
+DEMAND_RATE_WINDOWS = 7
 
 OPPOSITES = {"restock_risk": "overstock_risk", "overstock_risk": "restock_risk",
              "accelerate_cadence": "slow_cadence", "slow_cadence": "accelerate_cadence"}
@@ -99,6 +106,14 @@ class SignalMemory:
             if p is not None and window_start - p < th.opposite_hold_windows * window_ms:
                 return False
         return True
+
+    def streak(self, key: str, holds: bool) -> int:
+        """Count a condition that gates a rule without firing itself: consecutive looks it has held."""
+        if not holds:
+            self.on.pop(key, None)
+            return 0
+        self.on[key] = self.on.get(key, 0) + 1
+        return self.on[key]
 
     def clear(self, key: str) -> None:
         """The condition does not hold in this window."""
@@ -187,48 +202,79 @@ def decide_item(ev: Evidence, memory: SignalMemory, model_version: str, th: Thre
     # boost_exposure: a new item taking off while conversion holds.
     growth = None
     holds = False
+    # A take-off is sustained: interest above its previous windows' mean at boost_rise_windows looks in a row.
+    # (A flat item at ~15 a window shows 1.5x on a noisy day; it rarely does so right after another rise.)
+    rising = 0
+    if is_new and ev.prev_interest_mean is not None:
+        rising = memory.streak("boost_exposure:rising", interest > ev.prev_interest_mean)
+    else:
+        memory.streak("boost_exposure:rising", False)
     if is_new and interest >= th.boost_min_interest and ev.prev_interest_mean is not None:
         growth = interest / max(ev.prev_interest_mean, 1.0)
         conv_ok = ev.prev_conversion is None or conversion is None or conversion >= th.boost_min_conversion_ratio * ev.prev_conversion
-        holds = growth >= th.boost_growth and conv_ok
+        holds = growth >= th.boost_growth and conv_ok and rising >= th.boost_rise_windows
     if _gate(memory, "boost_exposure", "boost_exposure", holds, ev, th):
         out.append(_sig(ev, "boost_exposure", 1 - 1 / growth, "Boost this new item's exposure in search and recommendations",
                         [f"new item ({ev.age_windows} windows since launch)",
-                         f"interest (views + add-to-carts) is {interest:g}, {growth:.1f}x the previous windows' mean of {ev.prev_interest_mean:.1f}",
+                         (f"interest (views + add-to-carts) is {interest:g}, {growth:.1f}x the previous windows' mean of "
+                          f"{ev.prev_interest_mean:.1f}, and rising for {rising} windows in a row"),
                          "conversion holds" if conversion is None or ev.prev_conversion is None else f"conversion {conversion:.2f} against {ev.prev_conversion:.2f} before"] + catalog_note,
                         {"views": ev.views, "carts": ev.carts, "units": ev.units, "growth": round(growth, 4),
+                         "rising_windows": rising,
                          "prev_interest_mean": round(ev.prev_interest_mean, 4), "conversion": conversion,
                          "prev_conversion": ev.prev_conversion, "age_windows": ev.age_windows, "burst": ev.burst},
                         model_version))
 
-    # restock_risk / overstock_risk: remaining stock against predicted demand.
+    # restock_risk / overstock_risk: remaining stock against predicted demand, checked against what the item
+    # has actually sold lately (recent_mean_units, the last DEMAND_RATE_WINDOWS windows), each in its
+    # cautious direction.
     restock = overstock = False
-    need = per_window = 0.0
+    need = lead_rate = forecast_rate = per_window = projected = 0.0
     if ev.stock_remaining is not None and ev.predicted_demand and ev.own_windows >= th.stock_min_history_windows:
+        n_rate = max(1, min(ev.own_windows, DEMAND_RATE_WINDOWS))
         lead = ev.predicted_demand[: th.restock_lead_windows]
-        need = sum(max(0.0, d) for d in lead) * (th.restock_lead_windows / len(lead))
-        # A forecast near zero would make any stock look like infinite cover: recent sales are a floor.
+        forecast_rate = sum(max(0.0, d) for d in lead) / len(lead)
+        # restock: a forecast far above recent sales (a trend extrapolating a few lucky windows) would make
+        # ordinary stock look short: a stock-out is claimed only when the forecast and the recent sales rate
+        # both say so (the lead demand is the smaller of the two).
+        lead_rate = min(forecast_rate, ev.recent_mean_units)
+        need = lead_rate * th.restock_lead_windows
+        restock = need > 0 and ev.stock_remaining < need
+        # overstock: a forecast near zero would make any stock look like infinite cover: recent sales are a
+        # floor; the stock must exceed the demand of the whole cover horizon even at the upper end of that
+        # rate (its Poisson standard error, at least one sale's worth: no sales in a week is not a rate of
+        # 0) and with a rising trend carried on (a flat series' slope is as often slightly up as down).
         per_window = max(sum(max(0.0, d) for d in ev.predicted_demand) / len(ev.predicted_demand),
                          ev.recent_mean_units)
-        restock = need > 0 and ev.stock_remaining < need
+        hcov = th.overstock_cover_windows
+        upper = per_window + th.overstock_rate_z * math.sqrt(max(per_window, 1.0 / n_rate) / n_rate)
+        projected = hcov * upper + max(0.0, ev.demand_slope or 0.0) * hcov * (hcov + 1) / 2
         overstock = (not restock and ev.age_windows is not None and ev.age_windows >= th.overstock_min_age_windows
-                     and (ev.demand_slope is None or ev.demand_slope <= 0) and ev.stock_remaining > 0
-                     and ev.stock_remaining > th.overstock_cover_windows * per_window)
+                     and ev.stock_remaining > 0 and ev.stock_remaining > projected)
     if _gate(memory, "restock_risk", "restock_risk", restock, ev, th):
-        windows_left = ev.stock_remaining / per_window if per_window > 0 else math.inf
+        windows_left = ev.stock_remaining / lead_rate if lead_rate > 0 else math.inf
+        capped = lead_rate < forecast_rate
         out.append(_sig(ev, "restock_risk", 1 - ev.stock_remaining / need, "Restock this item now",
-                        [f"{ev.stock_remaining:g} units left", f"predicted demand over the next {th.restock_lead_windows} windows is {need:.1f} units",
+                        [f"{ev.stock_remaining:g} units left",
+                         f"predicted demand over the next {th.restock_lead_windows} windows is {need:.1f} units"
+                         + (f" (the forecast says {forecast_rate * th.restock_lead_windows:.1f}; recent sales of "
+                            f"{ev.recent_mean_units:.2f} a window say less)" if capped else ""),
                          f"stock runs out in about {windows_left:.1f} windows"] + catalog_note,
                         {"stock_remaining": ev.stock_remaining, "predicted_demand": [round(d, 4) for d in ev.predicted_demand],
+                         "lead_demand": round(need, 4), "forecast_capped": capped,
+                         "recent_mean_units": round(ev.recent_mean_units, 4),
                          "units_last_window": ev.units, "demand_slope": ev.demand_slope}, model_version))
     if _gate(memory, "overstock_risk", "overstock_risk", overstock, ev, th, th.overstock_confirm_windows):
         cover = ev.stock_remaining / per_window if per_window > 0 else math.inf
-        out.append(_sig(ev, "overstock_risk", 1 - th.overstock_cover_windows / cover if cover != math.inf else 1.0,
+        out.append(_sig(ev, "overstock_risk", 1 - projected / ev.stock_remaining,
                         "Slow replenishment or promote to clear stock",
                         [f"{ev.stock_remaining:g} units left cover {'more than any horizon' if cover == math.inf else f'{cover:.0f} windows'} of predicted demand",
-                         f"threshold is {th.overstock_cover_windows} windows", "demand is not rising"] + catalog_note,
+                         (f"more than the {projected:.0f} units the next {th.overstock_cover_windows} windows would take even at "
+                          f"{th.overstock_rate_z:g} standard errors above the rate of {per_window:.2f} a window, trend included"),
+                         "demand is not rising fast enough to sell it through"] + catalog_note,
                         {"stock_remaining": ev.stock_remaining, "predicted_demand": [round(d, 4) for d in ev.predicted_demand],
-                         "cover_windows": None if cover == math.inf else round(cover, 2), "demand_slope": ev.demand_slope},
+                         "cover_windows": None if cover == math.inf else round(cover, 2),
+                         "projected_demand": round(projected, 4), "demand_slope": ev.demand_slope},
                         model_version))
 
     # bundle_opportunity: complements bought together far above chance.

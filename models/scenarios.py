@@ -36,7 +36,7 @@ role, e.g. ``nm-oldgrow-1``): old items growing as fast as (a); new items with
 high flat interest; new items whose views surge while units do not follow;
 stock replenished just in time; big stock with rising demand; two staples
 co-bought often by chance (lift ~1); pairs co-bought mildly above chance
-(lift ~1.8); pairs co-bought far above chance but rarely (6 orders); two old
+(lift ~1.2-1.6); pairs co-bought far above chance but rarely (6 orders); two old
 items compared as often as (e); a launch compared with an existing item only
 ~0.3 times a window; a launch viewed beside many different items, none often;
 categories whose demand rises with the established items while launches take
@@ -400,8 +400,12 @@ def generate(seed: int = 0, n_windows: int = 60, n_background: int = 200, window
         plant(a, b, rng.uniform(1.2, 2.0), p, n - 1)
         g.truth("bundle_opportunity", "d", {"item_id": a.item_id, "partner_item_id": b.item_id}, p, n - 1,
                 f"co-bought in ~1.5 extra orders per window from window {p}")
-    for k in range(2):  # mildly above chance
-        a, b = pair_items(f"nm-mildpair-{k}", 6.0)
+    for k in range(2):  # mildly above chance: lift ~1.2-1.6, co-bought ~25-35 times (above bundle_min_co_count)
+        # Chance co-purchases per window are ~u_a * u_b * 1.06 / lines (a line shares its basket with ~1.06
+        # other lines; ~600 lines a window with the default background): ~0.3 at 13 units each, against 0.25
+        # planted. (At 6 units each, chance was ~0.06 and the same 0.25 made a measured lift of 3-5.4, above
+        # bundle_min_lift: a planted bundle in all but name, scored as a false positive when it fired.)
+        a, b = pair_items(f"nm-mildpair-{k}", 13.0)
         plant(a, b, 0.25, 0, n - 1)
     for k in range(2):  # far above chance but rare
         a, b = pair_items(f"nm-rarepair-{k}", 1.0)
@@ -523,11 +527,26 @@ def generate(seed: int = 0, n_windows: int = 60, n_background: int = 200, window
     category("nm-quiet", 0, lambda w, live: 25.0 * 0.98 ** max(0, w - 10), 0.0)
     rng = g.rng = main_rng
     events, truths = g.out()
-    # (b)'s truth needs the realised stock-out window (Poisson sales)
+    # (b)'s truth needs the realised stock-out window (Poisson sales). It opens lead + 2 windows before that
+    # window, or earlier, at the first window whose remaining stock is below the planted (expected) demand of
+    # the next lead + 2 windows: when sales then run below that rate the stock-out comes later than expected,
+    # and a signal given on the expected demand must not count as wrong for it.
     for it, r in restock_items:
-        w_out = _stock_out_window(g.sold[it.item_id], it.stock0, it.launch_w or 0)
+        first = it.launch_w or 0
+        sold = g.sold[it.item_id]
+        w_out = _stock_out_window(sold, it.stock0, first)
         if w_out is None:
             continue
-        g.truth("restock_risk", "b", {"item_id": it.item_id}, w_out - lead_windows - 2, w_out,
-                f"stock {it.stock0} at ~{r:.1f} units/window runs out in window {w_out}")
+        w_expected = w_out
+        left = it.stock0
+        for w in range(first, w_out):
+            left -= sold[w]
+            if left < sum(it.units[w + 1:w + lead_windows + 3]):
+                w_expected = w
+                break
+        w_from = min(w_out - lead_windows - 2, w_expected)
+        note = f"stock {it.stock0} at ~{r:.1f} units/window runs out in window {w_out}"
+        if w_expected < w_out - lead_windows - 2:
+            note += f"; below {lead_windows + 2} windows of expected demand from window {w_expected}"
+        g.truth("restock_risk", "b", {"item_id": it.item_id}, w_from, w_out, note)
     return events, truths

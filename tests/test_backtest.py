@@ -166,3 +166,110 @@ def test_cli_prints_a_table(capsys):
     for kind in PLANTED_ONLY:  # reported with their figures, no longer "not implemented"
         assert kind in out
     assert "not implemented" not in out
+
+
+# -- the item rules behind the planted figures: noise allowances (docs/backtest.md, "Root causes") ---------------
+
+DAY_MS = 86_400_000
+
+
+def _item_ev(w: int = 30, **kw):
+    from launchpulse.models.decisions import Evidence
+
+    t0 = 1_790_812_800_000
+    base = {"item_id": "i", "category_id": "c", "window_start": t0 + w * DAY_MS, "window_end": t0 + (w + 1) * DAY_MS,
+            "window_ms": DAY_MS, "views": 0.0, "carts": 0.0, "units": 0.0, "orders": 0.0, "prev_interest_mean": None,
+            "prev_conversion": None, "age_windows": 200, "in_catalog": True, "stock_remaining": None,
+            "predicted_demand": None, "demand_slope": None, "burst": False, "own_windows": 30,
+            "recent_mean_units": 0.0}
+    base.update(kw)
+    return Evidence(**base)
+
+
+def _run(evs):
+    """decide_item over consecutive windows of one item (one memory); the signal types of each window."""
+    from launchpulse.models.decisions import SignalMemory, decide_item
+
+    mem = SignalMemory()
+    return [[s["type"] for s in decide_item(ev, mem, "test")] for ev in evs]
+
+
+def _signals(ev):
+    from launchpulse.models.decisions import SignalMemory, decide_item
+
+    return decide_item(ev, SignalMemory(), "test")
+
+
+def test_evidence_window_count_matches_the_constant_the_rules_assume():
+    from launchpulse.models import decisions, features
+
+    assert decisions.DEMAND_RATE_WINDOWS == features.RECENT_DEMAND_WINDOWS + 1
+
+
+def test_boost_needs_a_sustained_rise_not_one_noisy_window():
+    new = {"prev_conversion": 0.15}
+
+    def w(k, interest, prev, units):
+        return _item_ev(w=20 + k, age_windows=5 + k, own_windows=6 + k, views=interest * 0.75, carts=interest * 0.25,
+                        units=units, prev_interest_mean=prev, **new)
+
+    # a flat item at ~14 a window: a dip, then a 1.6x spike right after it: no take-off
+    assert _run([w(0, 15, 14, 2), w(1, 10, 14.5, 2), w(2, 21, 13, 3)]) == [[], [], []]
+    # a take-off: interest above its previous mean two windows in a row, the second 1.7x, conversion holding
+    out = _run([w(0, 15, 14, 2), w(1, 20, 14, 3), w(2, 28, 16.3, 4)])
+    assert out == [[], [], ["boost_exposure"]]
+    [sig] = [s for s in _signals_seq([w(0, 15, 14, 2), w(1, 20, 14, 3), w(2, 28, 16.3, 4)]) if s]
+    assert sig["evidence"]["rising_windows"] == 3 and sig["reasons"]
+
+
+def _signals_seq(evs):
+    from launchpulse.models.decisions import SignalMemory, decide_item
+
+    mem = SignalMemory()
+    return [s for ev in evs for s in decide_item(ev, mem, "test")]
+
+
+def test_restock_needs_forecast_and_recent_sales_to_agree():
+    # ~1.5 units a window, 12 left (8 windows): a trend extrapolating two lucky windows says 21.6 over the lead
+    assert _signals(_item_ev(stock_remaining=12.0, predicted_demand=[5.73, 7.11, 8.78], recent_mean_units=1.5,
+                             units=5.0)) == []
+    # the same stock against ~5 units a window forecast and sold: it runs out within the lead
+    [sig] = _signals(_item_ev(stock_remaining=12.0, predicted_demand=[5.2, 5.3, 5.4], recent_mean_units=5.0))
+    assert sig["type"] == "restock_risk" and sig["evidence"]["lead_demand"] == pytest.approx(15.0)
+    assert sig["evidence"]["forecast_capped"] and "recent sales" in sig["reasons"][1]
+    # a forecast below recent sales is the lead demand as it is
+    [sig] = _signals(_item_ev(stock_remaining=12.0, predicted_demand=[4.2, 4.3, 4.4], recent_mean_units=6.0))
+    assert sig["evidence"]["lead_demand"] == pytest.approx(12.9) and not sig["evidence"]["forecast_capped"]
+
+
+def test_overstock_judges_the_whole_horizon_with_the_trend_and_rate_noise():
+    from launchpulse.models.decisions import Thresholds
+
+    n = Thresholds().overstock_confirm_windows
+
+    def fires(**kw):
+        return [t for ts in _run([_item_ev(w=30 + k, **kw) for k in range(n)]) for t in ts]
+
+    # flat ~2.6 a window against 600 units: its trend slope is a hair above 0, which must not hide the overstock
+    assert fires(stock_remaining=600.0, predicted_demand=[2.6, 2.6, 2.6], recent_mean_units=2.6,
+                 demand_slope=0.01) == ["overstock_risk"]
+    # ~11 a window against 738 (67 windows at that rate): within the rate's noise of 60 windows, not claimed
+    assert fires(stock_remaining=738.0, predicted_demand=[11.0, 11.0, 11.0], recent_mean_units=10.4,
+                 demand_slope=-0.3) == []
+    # a clearly rising demand sells 400 units through within the horizon
+    assert fires(stock_remaining=400.0, predicted_demand=[4.0, 4.1, 4.2], recent_mean_units=3.5,
+                 demand_slope=0.2) == []
+    # no sales for a week is not a rate of 0: 11 units are not "more than any horizon"
+    assert fires(stock_remaining=11.0, predicted_demand=[0.0, 0.0, 0.0], recent_mean_units=0.0,
+                 demand_slope=-0.01) == []
+    assert fires(stock_remaining=60.0, predicted_demand=[0.0, 0.0, 0.0], recent_mean_units=0.0,
+                 demand_slope=-0.01) == ["overstock_risk"]
+
+
+def test_restock_truth_opens_when_stock_falls_below_the_expected_demand(planted):
+    """A stock-out delayed by slow sales must not turn a signal given on the expected demand into a false positive."""
+    _, truths, _ = planted
+    [t] = [t for t in truths if t["type"] == "restock_risk" and t["subject"]["item_id"] == "sc-restock-2"]
+    # the stock ran out in window 24, two windows after the expected demand said it would: the range opens at 17,
+    # not at 24 - restock_lead_windows - 2 = 19
+    assert (t["window_from"], t["window_to"]) == (17, 24) and "expected demand from window 17" in t["note"]
