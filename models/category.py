@@ -55,7 +55,7 @@ from .decisions import CategoryEvidence, Thresholds
 from .trends import TrendModel
 from .windows import WindowConfig
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: views and carts trends (series)
 DEFAULT_THRESHOLDS = Thresholds()
 MAX_GAP_WINDOWS = 48  # a longer silent gap teaches the category's trend only its last this-many zero windows
 
@@ -116,6 +116,7 @@ class CategoryState:
     history: list = field(default_factory=list)  # closed CategoryWindow.to_list(), oldest first
     trend: TrendModel = field(default_factory=TrendModel)
     signal_memory: dict = field(default_factory=dict)  # SignalMemory.to_state() of the category's signals
+    series: dict = field(default_factory=dict)  # "views" / "carts" -> TrendModel, from the series' first non-zero window
 
     # -- updates -------------------------------------------------------------------------
     def apply(self, rec: Mapping, cfg: WindowConfig) -> str:
@@ -196,6 +197,13 @@ class CategoryState:
         while cfg.closable(start, watermark_ms):
             cw = self._reduce(start, cfg)
             self.trend.learn_one(cw.units)
+            for name in ("views", "carts"):
+                y = getattr(cw, name)
+                m = self.series.get(name)
+                if m is None and y:
+                    m = self.series[name] = self.trend.fresh()
+                if m is not None:
+                    m.learn_one(y)
             self.history.append(cw.to_list())
             self.n_closed += 1
             self.closed_through = start
@@ -296,7 +304,8 @@ class CategoryState:
                 "windows": {str(k): v for k, v in self.windows.items()},
                 "overflow": {str(k): v for k, v in self.overflow.items()}, "seen": self.seen,
                 "first_seen": self.first_seen, "closed_through": self.closed_through, "n_closed": self.n_closed,
-                "history": self.history, "trend": self.trend.to_state(), "signal_memory": self.signal_memory}
+                "history": self.history, "trend": self.trend.to_state(), "signal_memory": self.signal_memory,
+                "series": {k: m.to_state() for k, m in self.series.items()}}
 
     @classmethod
     def from_state(cls, d: Mapping) -> CategoryState:
@@ -307,7 +316,8 @@ class CategoryState:
                    {int(k): {i: list(r) for i, r in v.items()} for k, v in d["windows"].items()},
                    {int(k): list(v) for k, v in d["overflow"].items()}, dict(d["seen"]), d["first_seen"],
                    d["closed_through"], d["n_closed"], [list(v) for v in d["history"]],
-                   TrendModel.from_state(d["trend"]), dict(d["signal_memory"]))
+                   TrendModel.from_state(d["trend"]), dict(d["signal_memory"]),
+                   {k: TrendModel.from_state(v) for k, v in d["series"].items()})
 
 
 def cadence_evidence(state: CategoryState, cfg: WindowConfig, th: Thresholds = DEFAULT_THRESHOLDS,

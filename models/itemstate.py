@@ -16,7 +16,8 @@ from .sessions import learn_session_record
 from .trends import TrendModel
 from .windows import WindowConfig
 
-STATE_VERSION = 5  # 4: expected conversions since the previous scored window; 5: primary orders per window
+STATE_VERSION = 6  # 4: expected conversions since the previous scored window; 5: primary orders per window;
+#                    6: trends of the views, carts and revenue series
 
 RECORD_FIELDS = {
     "k": "kind: 'c' clickstream, 'o' order line, 'g' catalog",
@@ -34,6 +35,9 @@ RECORD_FIELDS = {
 
 # Counters per window, in this order.
 COUNTERS = ("views", "carts", "removes", "wishlists", "units", "revenue", "orders")
+# Series with a trend model of their own besides units (ItemState.trend): created at the series'
+# first window with a non-zero value, so an item nobody views keeps no views model.
+SERIES = {"views": 0, "carts": 1, "revenue": 5}
 _IDX = {name: i for i, name in enumerate(COUNTERS)}
 _CLICK_COUNTER = {"view": 0, "add_to_cart": 1, "remove_from_cart": 2, "wishlist": 3}
 
@@ -104,6 +108,7 @@ class ItemState:
     sessions_since_close: int = 0
     assoc: ItemAssociations = field(default_factory=ItemAssociations)
     trend: TrendModel = field(default_factory=TrendModel)
+    series: dict = field(default_factory=dict)  # SERIES name -> TrendModel (views, carts, revenue)
     signal_memory: dict = field(default_factory=dict)  # signal type -> last window start it fired
 
     # -- updates -------------------------------------------------------------------------
@@ -248,11 +253,14 @@ class ItemState:
                 if self.idle_run < idle:
                     if self.idle_run + k >= idle:
                         self.trend = self.trend.fresh()  # dormant: the cold series' model is dropped
+                        self.series = {}
                     elif nxt is None:
                         break  # still may wake up: learnt with the next window with events
                     else:
                         for _ in range(k):
                             self.trend.learn_one(0.0)
+                            for m in self.series.values():
+                                m.learn_one(0.0)
                 self.idle_run += k
                 self.n_closed += k
                 self.closed_through = run_end
@@ -263,6 +271,14 @@ class ItemState:
             # The one-step forecast made before this window closed, to score the trend online.
             before_fc = self.trend.predict_one()
             self.trend.learn_one(y)
+            series = self.series
+            for name, j in SERIES.items():
+                m = series.get(name)
+                if m is None:
+                    if not counts[j]:
+                        continue
+                    m = series[name] = self.trend.fresh()
+                m.learn_one(counts[j])
             before = self.closed_totals
             self.closed_totals = [a + b for a, b in zip(before, counts)]
             self.n_closed += 1
@@ -309,6 +325,7 @@ class ItemState:
             "windows": {str(k): v for k, v in self.windows.items()}, "closed_through": self.closed_through,
             "totals": self.totals, "closed_totals": self.closed_totals, "n_closed": self.n_closed, "idle_run": self.idle_run, "primary_orders": self.primary_orders,
             "primary_windows": {str(k): v for k, v in self.primary_windows.items()}, "assoc": self.assoc.to_state(), "trend": self.trend.to_state(),
+            "series": {name: m.to_state() for name, m in self.series.items()},
             "signal_memory": self.signal_memory,
             "session_seen": self.session_seen, "expected_conversions": self.expected_conversions,
             "ec_since_close": self.ec_since_close, "sessions_since_close": self.sessions_since_close,
@@ -324,6 +341,9 @@ class ItemState:
         if version in (3, 4):
             # v4 -> v5: primary orders per window start empty (recent-window totals count from the upgrade).
             d = {**d, "primary_windows": {}}
+        if version in (3, 4, 5):
+            # v5 -> v6: the views, carts and revenue trends start at the next window with events.
+            d = {**d, "series": {}}
         elif version != STATE_VERSION:
             raise ValueError(f"item state version {version!r} is not {STATE_VERSION}")
         return cls(
@@ -333,7 +353,8 @@ class ItemState:
             windows={int(k): v for k, v in d["windows"].items()}, closed_through=d["closed_through"],
             totals=list(d["totals"]), closed_totals=list(d["closed_totals"]), n_closed=d["n_closed"], idle_run=d["idle_run"], primary_orders=d["primary_orders"],
             primary_windows={int(k): v for k, v in d["primary_windows"].items()}, assoc=ItemAssociations.from_state(d["assoc"]),
-            trend=TrendModel.from_state(d["trend"]), signal_memory=dict(d["signal_memory"]),
+            trend=TrendModel.from_state(d["trend"]), series={k: TrendModel.from_state(v) for k, v in d["series"].items()},
+            signal_memory=dict(d["signal_memory"]),
             session_seen=dict(d["session_seen"]), expected_conversions=d["expected_conversions"],
             ec_since_close=d["ec_since_close"], sessions_since_close=d["sessions_since_close"],
         )

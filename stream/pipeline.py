@@ -29,6 +29,7 @@ from launchpulse.models.decisions import (
     decide_item,
     neighbourhood_evidence,
 )
+from launchpulse.models.itemstate import SERIES as ITEM_SERIES
 from launchpulse.models.itemstate import ACCEPTED, LATE, ClosedWindow, ItemState, dormancy_check_window
 from launchpulse.models.propensity import ProgressiveScore, PropensityModel
 from launchpulse.models.routing import CATEGORY_KEY_PREFIX, USER_KEY_PREFIX
@@ -784,19 +785,26 @@ class Worker:
         @app.page("/items/{item_id}/trend")
         @app.table_route(table=self.items, match_info="item_id")
         async def trend(web, request, item_id):
+            series = request.query.get("series", "units")
             st = worker.peek(item_id)
             if st is None:
                 return web.json({"error": f"unknown item {item_id}"}, status=404)
             if type(st) is CategoryState:
-                # /items/category:<id>/trend: the category's units per closed window and its trend.
+                # /items/category:<id>/trend: the category's series per closed window and its trend.
+                if series not in ("units", "views", "carts"):
+                    return web.json({"error": "series must be 'units', 'views' or 'carts' for a category"}, status=400)
+                model = st.trend if series == "units" else st.series.get(series, TrendModel())
                 return web.json({"item_id": item_id, "category_id": st.category_id, "window_ms": worker.cfg.size_ms,
                                  "windows": [{"start_ms": w.start_ms, "end_ms": w.end_ms, "launches": w.launches, "units": w.units,
                                               "views": w.views, "carts": w.carts, "new_units": w.new_units}
                                              for w in st.closed(worker.cfg)[-worker.cfg.keep_closed:]],
-                                 **summarise(st.trend), "series": "category units ordered per window"})
+                                 **summarise(model), "series": f"category {series} per window"})
+            if series not in ("units", *ITEM_SERIES):
+                return web.json({"error": f"series must be one of units, {', '.join(ITEM_SERIES)}"}, status=400)
+            model = st.trend if series == "units" else st.series.get(series, TrendModel())
             return web.json({"item_id": item_id, "window_ms": worker.cfg.size_ms,
-                             "windows": st.recent_windows(worker.cfg), **summarise(st.trend),
-                             "series": "units ordered per window"})
+                             "windows": st.recent_windows(worker.cfg), **summarise(model),
+                             "series": "units ordered per window" if series == "units" else f"{series} per window"})
 
 
 class _RecentBaskets:

@@ -108,8 +108,11 @@ def test_windows_and_trend_equal_batch_truth(events, close_every):
         # a trailing silent run may already have made the item dormant: then both are fresh
         if st_.idle_run >= CFG.idle_windows:
             assert got.to_state() == TrendModel().to_state()
+            assert st_.series == {}
         else:
             assert got.to_state() == want.to_state()
+            # revenue = units x price 1 here: its own model learnt the same series from the same window
+            assert st_.series["revenue"].to_state() == want.to_state() and set(st_.series) == {"revenue"}
     # State survives JSON.
     again = ItemState.from_state(orjson.loads(orjson.dumps(st_.to_state())))
     assert again.to_state() == st_.to_state()
@@ -283,14 +286,39 @@ def test_expected_conversions_features_and_state_versions():
     assert st_.expected_conversions == 0.75 and (st_.ec_since_close, st_.sessions_since_close) == (0.0, 0)
     st_.apply_session(session_rec("s3", 2_300, 0.125))
     d = st_.to_state()
-    assert d["version"] == 5 and (d["ec_since_close"], d["sessions_since_close"]) == (0.125, 1)
+    assert d["version"] == 6 and (d["ec_since_close"], d["sessions_since_close"]) == (0.125, 1)
     assert ItemState.from_state(orjson.loads(orjson.dumps(d))).to_state() == d
     # a version-3 state (before these fields) loads with the since-close figures at zero
-    v3 = {k: v for k, v in d.items() if k not in ("ec_since_close", "sessions_since_close", "primary_windows")} | {"version": 3}
+    v3 = {k: v for k, v in d.items() if k not in ("ec_since_close", "sessions_since_close", "primary_windows", "series")} | {"version": 3}
     old = ItemState.from_state(v3)
     assert (old.ec_since_close, old.sessions_since_close, old.expected_conversions) == (0.0, 0, 0.875)
     # a version-4 state (before primary orders per window) loads with them empty
-    v4 = {k: v for k, v in d.items() if k != "primary_windows"} | {"version": 4}
-    assert ItemState.from_state(v4).primary_windows == {}
+    v4 = {k: v for k, v in d.items() if k not in ("primary_windows", "series")} | {"version": 4}
+    assert ItemState.from_state(v4).primary_windows == {} and ItemState.from_state(v4).series == {}
     with pytest.raises(ValueError, match="version"):
         ItemState.from_state({**d, "version": 99})
+
+
+def test_views_and_carts_series_learn_their_own_trends():
+    """Each series' model starts at its first non-zero window and then learns every window the item
+    closes (zeros included), like units; an item nobody carts has no carts model."""
+    rng = random.Random(3)
+    views: dict[int, float] = {}
+    st_ = ItemState("x")
+    wm = 0
+    for w in range(30):
+        if w % 7 == 3:
+            continue  # a silent window: learnt as zero when the next window with events closes
+        for k in range(rng.randint(1, 6)):
+            ts = w * CFG.size_ms + k
+            assert st_.apply({"k": "c", "id": f"v{w}-{k}", "t": ts, "i": "x", "c": None, "e": "view", "p": None,
+                              "s": "s", "n": 1}, CFG) == ACCEPTED
+            views[CFG.start_of(ts)] = views.get(CFG.start_of(ts), 0.0) + 1
+            wm = ts
+        st_.close_windows(CFG, wm)
+    last = max(cw for cw in views if CFG.closable(cw, wm))
+    want = expected_trend({s: v for s, v in views.items() if s <= last}, last)
+    assert st_.series["views"].to_state() == want.to_state() and want.forecast() is not None
+    assert set(st_.series) == {"views"}  # no cart, no revenue: no model for them
+    assert ItemState.from_state(orjson.loads(orjson.dumps(st_.to_state()))).to_state() == st_.to_state()
+

@@ -52,7 +52,9 @@ def _expected(orders: list[dict], cfg: WindowConfig) -> dict:
                 assert states[key].apply(rec, cfg) == ACCEPTED
     for st in states.values():
         st.close_windows(cfg, wm)
-    return {i: summarise(st.trend) for i, st in states.items()}
+    out = {i: summarise(st.trend) for i, st in states.items()}
+    out.update({f"{i}?series=revenue": summarise(st.series["revenue"]) for i, st in states.items()})
+    return out
 
 
 def test_trend_view_equals_pure_model(deployment):
@@ -86,9 +88,13 @@ def test_trend_view_equals_pure_model(deployment):
             break
         time.sleep(1)
     for i in ITEMS:
+        got[f"{i}?series=revenue"] = http_json(f"{w.base}/items/{i}/trend?series=revenue")[1]
+    assert expected["trend-a?series=revenue"]["forecast"] != expected["trend-a"]["forecast"]  # price 2: its own series
+    for i in expected:
         body = got[i]
         for k in ("forecast", "slope", "burst", "n_windows", "provisional", "method"):
             assert body[k] == expected[i][k], (i, k, body[k], expected[i][k], w.tail(1500))
+    assert http_json(f"{w.base}/items/trend-a/trend?series=nope")[0] == 400
     # The hourly counts it shows are the batch counts of the windows it keeps.
     units = {}
     for o in orders:
