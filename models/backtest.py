@@ -61,8 +61,8 @@ from .sessions import (
     SessionConfig,
     SessionTotals,
     UserSessions,
-    learn_session_record,
 )
+from .propensity import PropensityModel
 from .simulate import Simulator
 from .windows import WindowConfig
 
@@ -413,6 +413,7 @@ class _SessionsAndCategories:
         self.users: dict[str, UserSessions] = {}
         self.due = DueIndex()
         self.totals = SessionTotals()
+        self.propensity = PropensityModel()  # one model here; the worker keeps one per owner partition
         self.sessions_closed = 0
         self.sessions_ordered = 0
         self.max_open_users = 0
@@ -446,8 +447,13 @@ class _SessionsAndCategories:
                 self.sessions_closed += 1
                 self.sessions_ordered += summary.ordered
                 self.totals.add(summary)
-                for item, rec in summary.item_records():
-                    learn_session_record(self.sim.state(item).assoc, rec)
+                # As the worker does: predict the purchase propensity, then learn; each touched item
+                # learns the session's co-views and adds the propensity to its expected conversions.
+                x, y = summary.propensity_example()
+                p = self.propensity.predict_proba_one(x)
+                self.propensity.learn_one(x, y)
+                for item, rec in summary.item_records(round(p, 6)):
+                    self.sim.state(item).apply_session(rec)
             nxt = u.next_due_ms(self.scfg)
             if nxt is None and u.is_empty():
                 del self.users[key]

@@ -208,6 +208,7 @@ class Worker:
         app.agent(self.routed, name="process")(self._process)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_rebalance_complete.connect(self._on_recovered)
         app.task(self._run_ingest)
         app.task(self.totals.run)
         app.task(self._run_scorer)
@@ -229,6 +230,20 @@ class Worker:
         # Partitions may have moved in: read their state from the (recovered) tables again.
         self.cache.clear()
         self.metas.clear()
+
+    async def _on_recovered(self, *args, **kwargs) -> None:
+        # Sent when table recovery is done, just before Faust resumes the routed partitions, seeks
+        # them to their committed offsets and resumes flow control. Flow is already running then
+        # (recovery resumed it to read the changelogs), so envelopes fetched while the seek is under
+        # way reach the agent's queue, which resuming flow control then clears: they are never
+        # processed, and the consumer's read offset has passed them, so their copies fetched after
+        # the seek are dropped too. Acknowledging the next envelope then lets Faust commit past the
+        # hole (faust-streaming 0.15 commits over a single missing offset at the head, and checks
+        # nothing before a partition's first commit): envelopes lost for good after a restart.
+        # Stop the flow first, as Faust does when partitions are revoked: nothing is fetched or
+        # delivered until Faust itself resumes it, after the seek.
+        self.app.consumer.stop_flow()
+        self.app.flow_control.suspend()
 
     async def _process(self, stream):
         self.ack_stream = manual = stream.noack()
