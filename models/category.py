@@ -55,7 +55,8 @@ from .decisions import CategoryEvidence, Thresholds
 from .trends import TrendModel
 from .windows import WindowConfig
 
-STATE_VERSION = 2  # 2: views and carts trends (series)
+STATE_VERSION = 3  # 2: views and carts trends (series); 3: top sellers
+TOP_SELLERS = 5  # items with the most units in the latest closed window with sales (cold-start partners)
 DEFAULT_THRESHOLDS = Thresholds()
 MAX_GAP_WINDOWS = 48  # a longer silent gap teaches the category's trend only its last this-many zero windows
 
@@ -117,6 +118,7 @@ class CategoryState:
     trend: TrendModel = field(default_factory=TrendModel)
     signal_memory: dict = field(default_factory=dict)  # SignalMemory.to_state() of the category's signals
     series: dict = field(default_factory=dict)  # "views" / "carts" -> TrendModel, from the series' first non-zero window
+    top_sellers: list = field(default_factory=list)  # items with the most units in the latest closed window with sales
 
     # -- updates -------------------------------------------------------------------------
     def apply(self, rec: Mapping, cfg: WindowConfig) -> str:
@@ -244,6 +246,9 @@ class CategoryState:
                     new[j] += row[j]
         launches = sum(1 for la, st, _t in self.calendar.values()
                        if st != "planned" and start <= la < start + cfg.size_ms)
+        sellers = sorted((-row[0], item) for item, row in win.items() if row[0] > 0)[:TOP_SELLERS]
+        if sellers:
+            self.top_sellers = [item for _, item in sellers]
         return CategoryWindow(self.category_id, start, start + cfg.size_ms, launches, tot[0], tot[1], tot[2],
                               new[0], new[1], new[2], n_new, len(win), tuple(sorted(cohorts.items())))
 
@@ -294,7 +299,8 @@ class CategoryState:
             per_item = units / active if active else 0.0
         if per_item <= 0:
             return None
-        return {"trend": self.trend.to_state(), "scale": per_item / (units / len(wins)), "through": self.closed_through}
+        return {"trend": self.trend.to_state(), "scale": per_item / (units / len(wins)), "through": self.closed_through,
+                "top_sellers": list(self.top_sellers)}
 
     # -- state ---------------------------------------------------------------------------
     def to_state(self) -> dict:
@@ -305,11 +311,13 @@ class CategoryState:
                 "overflow": {str(k): v for k, v in self.overflow.items()}, "seen": self.seen,
                 "first_seen": self.first_seen, "closed_through": self.closed_through, "n_closed": self.n_closed,
                 "history": self.history, "trend": self.trend.to_state(), "signal_memory": self.signal_memory,
-                "series": {k: m.to_state() for k, m in self.series.items()}}
+                "series": {k: m.to_state() for k, m in self.series.items()}, "top_sellers": self.top_sellers}
 
     @classmethod
     def from_state(cls, d: Mapping) -> CategoryState:
-        if d.get("version") != STATE_VERSION:
+        if d.get("version") == 2:
+            d = {**d, "top_sellers": []}  # 2 -> 3: known again at the next closed window with sales
+        elif d.get("version") != STATE_VERSION:
             raise ValueError(f"category state version {d.get('version')!r} is not {STATE_VERSION}")
         return cls(d["category_id"], d["new_windows"], d["history_windows"], d["max_items_per_window"],
                    d["max_calendar"], {k: list(v) for k, v in d["calendar"].items()},
@@ -317,7 +325,7 @@ class CategoryState:
                    {int(k): list(v) for k, v in d["overflow"].items()}, dict(d["seen"]), d["first_seen"],
                    d["closed_through"], d["n_closed"], [list(v) for v in d["history"]],
                    TrendModel.from_state(d["trend"]), dict(d["signal_memory"]),
-                   {k: TrendModel.from_state(v) for k, v in d["series"].items()})
+                   {k: TrendModel.from_state(v) for k, v in d["series"].items()}, list(d["top_sellers"]))
 
 
 def cadence_evidence(state: CategoryState, cfg: WindowConfig, th: Thresholds = DEFAULT_THRESHOLDS,

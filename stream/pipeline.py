@@ -36,7 +36,12 @@ from launchpulse.models.routing import CATEGORY_KEY_PREFIX, USER_KEY_PREFIX
 from launchpulse.models.sessions import DueIndex, SessionConfig, SessionTotals, UserSessions
 from launchpulse.models.scorer import TrendScorer
 from launchpulse.models.trends import TrendModel, summarise
-from launchpulse.models.associations import DEFAULT_MIN_SUPPORT_COUNT, ItemAssociations, rank_associations
+from launchpulse.models.associations import (
+    DEFAULT_MIN_SUPPORT_COUNT,
+    ItemAssociations,
+    provisional_partners,
+    rank_associations,
+)
 from launchpulse.models.routing import partition_for, partition_for_bytes
 from launchpulse.models.windows import WindowConfig
 from launchpulse.schemas.validate import Rejection, dead_letter_record
@@ -159,6 +164,7 @@ class Worker:
         self._n_total_at = -1e9
         self.session_cfg = SessionConfig(grace_ms=s.grace_ms)
         self.propensity_score = ProgressiveScore()  # this process's predict-then-learn score (metrics)
+        self.top_partners: dict[str, list] = {}  # item -> its strongest partners at its latest close (to publish)
         self.deleted: set[str] = set()  # keys whose state ended (a user with no open session): tombstoned
         self._flush_lock = asyncio.Lock()
         self._pending_writes: list[tuple] = []  # changelog records of the flush under way
@@ -292,7 +298,11 @@ class Worker:
                 a = st.assoc
                 pw = st.primary_windows
                 per_window = {str(w): [row[6], pw.get(w, 0)] for w, row in st.windows.items() if row[6]}
-                self._replica_write(key.encode(), [a.n_item, st.primary_orders, a.n_view, a.n_cart, per_window])
+                top = self.top_partners.pop(key, None)
+                if top is None:  # unchanged since the item's last close: keep what was published
+                    prev = self.totals.get(key.encode())
+                    top = prev[5] if prev is not None and len(prev) > 5 else []
+                self._replica_write(key.encode(), [a.n_item, st.primary_orders, a.n_view, a.n_cart, per_window, top])
             state_records, self._pending_writes = self._pending_writes, []
             for p in self.dirty_metas:
                 meta = self.metas[p]
@@ -498,6 +508,10 @@ class Worker:
                 if cw.forecast_abs_error is not None:
                     m.forecast_error.observe(cw.forecast_abs_error)
                 ev = features.evidence(cw, cfg, None, self.totals_view, n_total)
+                if ev.bundles:
+                    # Published with the item's totals: cold-start partners of its category's new items.
+                    self.top_partners[cw.item_id] = [[p, lift, conf] for p, _, lift, conf, _ in ev.bundles]
+                    self.dirty_totals.add(cw.item_id)
                 nb = None
                 if ev.age_windows is not None and ev.age_windows <= th.new_item_windows and cw.state.assoc.n_view + cw.state.assoc.n_cart:
                     nb = neighbourhood_evidence(cw.state.assoc, self.totals_view, n_total, self.view_counts, n_views,
@@ -519,6 +533,27 @@ class Worker:
         prior = self.totals.get(CATEGORY_PRIOR_PREFIX + st.category_id.encode())
         if prior is not None:
             st.trend = TrendModel.from_prior([prior["trend"]], scale=prior["scale"])
+
+    def _published_partners(self, item: str) -> list[dict]:
+        v = self.totals.get(item.encode())
+        if v is None or len(v) <= 5:
+            return []
+        return [{"item_id": p, "lift": lift, "confidence": conf} for p, lift, conf in v[5]]
+
+    def provisional_rows(self, st: ItemState, exclude: set, limit: int) -> list[dict]:
+        """Cold-start partners of an item with little basket history (models.associations.provisional_partners):
+        what its category's top sellers and its substitutes (its most co-viewed / co-carted items) are
+        bought with, from the strongest partners every owner publishes with its items' totals."""
+        category_rows: list[dict] = []
+        if st.category_id is not None:
+            prior = self.totals.get(CATEGORY_PRIOR_PREFIX + st.category_id.encode())
+            for seller in (prior or {}).get("top_sellers", []):
+                if seller != st.item_id:
+                    category_rows += self._published_partners(seller)
+        subs = [p for kind in ("view", "cart") for p, _, _ in st.assoc.counter(kind).items()[:5]]
+        substitute_rows = {p: self._published_partners(p) for p in dict.fromkeys(subs) if p != st.item_id}
+        return provisional_partners(category_rows, {k: v for k, v in substitute_rows.items() if v}, limit=limit,
+                                    exclude=exclude | {st.item_id})
 
     def _close_sessions(self, meta: PartitionMeta, consumed_at: float) -> None:
         """Close the sessions the watermark passed: learn purchase propensity (predict, then learn),
@@ -793,9 +828,15 @@ class Worker:
                     rows = rank_associations(st.assoc, _RecentBaskets(worker.totals, worker.cache, lo, hi),
                                              worker.n_orders_windows(lo, hi), limit=limit,
                                              min_support_count=min_count, window="recent", now_ms=hi)
-            return web.json({"item_id": item_id, "window": window, **extra, "associations": [
-                {k: r[k] for k in ("item_id", "co_count", "support", "confidence", "lift", "leverage", "conviction",
-                                   "relation", "exact")} for r in rows]})
+            rows = [{k: r[k] for k in ("item_id", "co_count", "support", "confidence", "lift", "leverage", "conviction",
+                                        "relation", "exact")} | {"provisional": False} for r in rows]
+            if window == "all" and st.assoc.n_item < min_count and len(rows) < limit:
+                # Little history of its own: partners borrowed from its category's top sellers and its
+                # substitutes, marked provisional (after the item's own rows).
+                rows += [{k: r[k] for k in ("item_id", "co_count", "support", "confidence", "lift", "leverage",
+                                            "conviction", "relation", "exact", "provisional")}
+                         for r in worker.provisional_rows(st, {r["item_id"] for r in rows}, limit - len(rows))]
+            return web.json({"item_id": item_id, "window": window, **extra, "associations": rows})
 
         @app.page("/items/{item_id}/trend")
         @app.table_route(table=self.items, match_info="item_id")

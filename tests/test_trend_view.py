@@ -124,6 +124,12 @@ def test_new_item_starts_from_its_category(deployment):
                 history.append({"order_id": f"cs-{item}-{win}-{k}", "ts": BASE + win * HOUR + rng.randrange(HOUR - 1000),
                                 "user_id": f"u{k}", "items": [{"item_id": item, "quantity": 1, "price": 2.0,
                                                                "category_id": "cold-cat"}]})
+    # cs-c (a small seller of the category) is always bought with cs-x (another category): a strong
+    # complement (lift = N / n, confidence 1) that its owner publishes with its totals
+    for k in range(12):
+        history.append({"order_id": f"cs-pair-{k}", "ts": BASE + k * HOUR + 2000, "user_id": f"p{k}",
+                        "items": [{"item_id": "cs-c", "quantity": 1, "price": 2.0, "category_id": "cold-cat"},
+                                  {"item_id": "cs-x", "quantity": 1, "price": 1.0, "category_id": "other-cat"}]})
     history.sort(key=lambda o: o["ts"])
     newcomers = [{"order_id": f"cs-new-{i}", "ts": history[-1]["ts"] + 1000 + i, "user_id": "u9",
                   "items": [{"item_id": item, "quantity": 1, "price": 2.0, "category_id": cat}]}
@@ -171,3 +177,21 @@ def test_new_item_starts_from_its_category(deployment):
     assert new["provisional"] and new["n_windows"] == 0 and new["forecast"] == expected, (new, expected)
     assert 0 < new["forecast"][0] < body["forecast"][0]  # a share of the category's units
     assert lone["forecast"] is None and lone["provisional"], lone
+    # Cold-start partners: the new item has no basket of its own; cs-c, one of its category's top sellers,
+    # is bought with cs-x, so cs-x is offered, marked provisional, with cs-c's confidence (1) and lift.
+    # (partners are published with the item totals at the next flush, every 5 s by default)
+    deadline = time.monotonic() + 30
+    while True:
+        code, body = http_json(f"{w.base}/items/cs-new/associations?limit=5&window=all")
+        assert code == 200, body
+        rows = body["associations"]
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert [r["item_id"] for r in rows] == ["cs-x"] and rows[0]["provisional"] and rows[0]["co_count"] == 0, rows
+    assert rows[0]["confidence"] == 1.0 and rows[0]["lift"] > 3, rows
+    code, body = http_json(f"{w.base}/items/cs-c/associations?limit=5&window=all")
+    real = body["associations"]
+    assert [r["item_id"] for r in real] == ["cs-x"] and not real[0]["provisional"] and real[0]["co_count"] == 12, body
+    # an item of a category without history, and no substitutes, gets none
+    assert http_json(f"{w.base}/items/cs-lone/associations?limit=5&window=all")[1]["associations"] == []
