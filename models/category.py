@@ -55,14 +55,14 @@ from .decisions import CategoryEvidence, Thresholds
 from .trends import TrendModel
 from .windows import WindowConfig
 
-STATE_VERSION = 3  # 2: views and carts trends (series); 3: top sellers
+STATE_VERSION = 4  # 2: views and carts trends (series); 3: top sellers; 4: revenue
 TOP_SELLERS = 5  # items with the most units in the latest closed window with sales (cold-start partners)
 DEFAULT_THRESHOLDS = Thresholds()
 MAX_GAP_WINDOWS = 48  # a longer silent gap teaches the category's trend only its last this-many zero windows
 
 ACCEPTED, DUPLICATE, LATE = "accepted", "duplicate", "late"
 
-_CLICK = {"view": 1, "add_to_cart": 2}  # index into an item's [units, views, carts]
+_CLICK = {"view": 1, "add_to_cart": 2}  # index into an item's [units, views, carts, revenue]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +82,7 @@ class CategoryWindow:
     new_items_active: int  # new items with any demand in the window
     items_active: int
     cohorts: tuple = ()  # (launch window start, units) of the items launched within the calendar horizon
+    revenue: float = 0.0  # units x unit price of the category's order lines (lines without a price add 0)
 
     @property
     def established_units(self) -> float:
@@ -89,11 +90,11 @@ class CategoryWindow:
 
     def to_list(self) -> list:
         return [self.start_ms, self.launches, self.units, self.views, self.carts, self.new_units, self.new_views,
-                self.new_carts, self.new_items_active, self.items_active, [list(c) for c in self.cohorts]]
+                self.new_carts, self.new_items_active, self.items_active, [list(c) for c in self.cohorts], self.revenue]
 
     @classmethod
     def from_list(cls, category_id: str, size_ms: int, v: list) -> CategoryWindow:
-        return cls(category_id, v[0], v[0] + size_ms, *v[1:10], tuple(tuple(c) for c in v[10]))
+        return cls(category_id, v[0], v[0] + size_ms, *v[1:10], tuple(tuple(c) for c in v[10]), v[11])
 
     def units_launched_since(self, since_ms: int) -> float:
         """Units of the items launched at or after ``since_ms`` (a window start)."""
@@ -149,8 +150,10 @@ class CategoryState:
             if j is not None and rec.get("i") is not None:
                 self._add(win, start, rec["i"], j, 1.0)
         elif kind == "o":
-            for item, q in rec["L"]:
-                self._add(win, start, item, 0, float(q))
+            for line in rec["L"]:  # [item, quantity, revenue]
+                self._add(win, start, line[0], 0, float(line[1]))
+                if len(line) > 2 and line[2]:
+                    self._add(win, start, line[0], 3, float(line[2]))
         return ACCEPTED
 
     def _add(self, win: dict, start: int, item: str, j: int, x: float) -> None:
@@ -159,10 +162,10 @@ class CategoryState:
             if len(win) >= self.max_items_per_window:
                 row = self.overflow.get(start)
                 if row is None:
-                    row = self.overflow[start] = [0.0, 0.0, 0.0]
+                    row = self.overflow[start] = [0.0, 0.0, 0.0, 0.0]
                 row[j] += x
                 return
-            row = win[item] = [0.0, 0.0, 0.0]
+            row = win[item] = [0.0, 0.0, 0.0, 0.0]
         row[j] += x
 
     def _catalog(self, rec: Mapping) -> None:
@@ -199,7 +202,7 @@ class CategoryState:
         while cfg.closable(start, watermark_ms):
             cw = self._reduce(start, cfg)
             self.trend.learn_one(cw.units)
-            for name in ("views", "carts"):
+            for name in ("views", "carts", "revenue"):
                 y = getattr(cw, name)
                 m = self.series.get(name)
                 if m is None and y:
@@ -228,13 +231,13 @@ class CategoryState:
 
     def _reduce(self, start: int, cfg: WindowConfig) -> CategoryWindow:
         win = self.windows.pop(start, {})
-        tot = list(self.overflow.pop(start, [0.0, 0.0, 0.0]))
+        tot = list(self.overflow.pop(start, [0.0, 0.0, 0.0, 0.0]))
         new = [0.0, 0.0, 0.0]
         n_new = 0
         cohorts: dict[int, float] = {}
         oldest = start - self.calendar_windows() * cfg.size_ms
         for item, row in win.items():
-            for j in range(3):
+            for j in range(4):
                 tot[j] += row[j]
             c = self.calendar.get(item)
             if c is not None and c[1] != "planned" and oldest <= c[0] < start + cfg.size_ms:
@@ -250,7 +253,7 @@ class CategoryState:
         if sellers:
             self.top_sellers = [item for _, item in sellers]
         return CategoryWindow(self.category_id, start, start + cfg.size_ms, launches, tot[0], tot[1], tot[2],
-                              new[0], new[1], new[2], n_new, len(win), tuple(sorted(cohorts.items())))
+                              new[0], new[1], new[2], n_new, len(win), tuple(sorted(cohorts.items())), tot[3])
 
     def _prune(self, cfg: WindowConfig) -> None:
         horizon = self.closed_through + cfg.size_ms
@@ -315,9 +318,15 @@ class CategoryState:
 
     @classmethod
     def from_state(cls, d: Mapping) -> CategoryState:
-        if d.get("version") == 2:
+        version = d.get("version")
+        if version == 2:
             d = {**d, "top_sellers": []}  # 2 -> 3: known again at the next closed window with sales
-        elif d.get("version") != STATE_VERSION:
+        if version in (2, 3):
+            # 3 -> 4: revenue per item row and per closed window, 0 before the upgrade
+            d = {**d, "windows": {k: {i: list(r) + [0.0] * (4 - len(r)) for i, r in v.items()} for k, v in d["windows"].items()},
+                 "overflow": {k: list(r) + [0.0] * (4 - len(r)) for k, r in d["overflow"].items()},
+                 "history": [list(h) + [0.0] * (12 - len(h)) for h in d["history"]]}
+        elif version != STATE_VERSION:
             raise ValueError(f"category state version {d.get('version')!r} is not {STATE_VERSION}")
         return cls(d["category_id"], d["new_windows"], d["history_windows"], d["max_items_per_window"],
                    d["max_calendar"], {k: list(v) for k, v in d["calendar"].items()},

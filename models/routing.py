@@ -141,8 +141,9 @@ def route_category_records(ev: Event) -> list[tuple[str, dict]]:
 
     * catalog: one record (its ``launched_at`` and status make the category's launch calendar);
     * clickstream with a ``category_id``: one record (views, carts of the category);
-    * order: one record per category among its lines, with that category's lines in ``L``; the
-      record id is the order id (the key is the category, so it stays unique per key).
+    * order: one record per category among its lines, with that category's lines in ``L`` as
+      ``[item, quantity, revenue]``; the record id is the order id (the key is the category, so it
+      stays unique per key).
 
     Events without a category (a search, an order line without ``category_id``) give none: the category
     owner cannot place them. (Enriching lines from the catalog at ingest would close that gap.)
@@ -151,7 +152,7 @@ def route_category_records(ev: Event) -> list[tuple[str, dict]]:
     >>> o = OrderEvent("o1", 2000, "u9", (OrderLine("b", 1, 2.0, "c2"), OrderLine("a", 2, 1.0, "c1"),
     ...                                   OrderLine("x", 1, 1.0, None), OrderLine("a", 1, 1.0, "c1")))
     >>> [(k, r["L"]) for k, r in route_category_records(o)]
-    [('category:c1', [['a', 3]]), ('category:c2', [['b', 1]])]
+    [('category:c1', [['a', 3, 3.0]]), ('category:c2', [['b', 1, 2.0]])]
     >>> g = CatalogEvent("a", 500, "A", "c1", 3.0, "live", 400, 10)
     >>> route_category_records(g)
     [('category:c1', {'k': 'g', 'id': 'catalog:a@500', 't': 500, 'i': 'a', 'c': 'c1', 'st': 'live', 'la': 400, 'n': 0})]
@@ -163,14 +164,18 @@ def route_category_records(ev: Event) -> list[tuple[str, dict]]:
         return [(CATEGORY_KEY_PREFIX + ev.category_id, {"k": "c", "id": ev.event_id, "t": ev.ts_ms, "i": ev.item_id,
                                                         "c": ev.category_id, "e": ev.event_type, "n": 0})]
     if t is OrderEvent:
-        by_cat: dict[str, dict[str, int]] = {}
+        by_cat: dict[str, dict[str, list]] = {}
         for line in ev.lines:
             if line.category_id is None:
                 continue
             lines = by_cat.setdefault(line.category_id, {})
-            lines[line.item_id] = lines.get(line.item_id, 0) + line.quantity
+            row = lines.get(line.item_id)
+            if row is None:
+                row = lines[line.item_id] = [0, 0.0]
+            row[0] += line.quantity
+            row[1] += line.quantity * (line.price or 0.0)
         return [(CATEGORY_KEY_PREFIX + c, {"k": "o", "id": ev.order_id, "t": ev.ts_ms, "c": c,
-                                           "L": [[i, q] for i, q in sorted(by_cat[c].items())], "n": 0})
+                                           "L": [[i, q, r] for i, (q, r) in sorted(by_cat[c].items())], "n": 0})
                 for c in sorted(by_cat)]
     if t is CatalogEvent:
         return [(CATEGORY_KEY_PREFIX + ev.category_id, {"k": "g", "id": f"catalog:{ev.item_id}@{ev.ts_ms}", "t": ev.ts_ms,

@@ -847,12 +847,13 @@ class Worker:
                 return web.json({"error": f"unknown item {item_id}"}, status=404)
             if type(st) is CategoryState:
                 # /items/category:<id>/trend: the category's series per closed window and its trend.
-                if series not in ("units", "views", "carts"):
-                    return web.json({"error": "series must be 'units', 'views' or 'carts' for a category"}, status=400)
+                if series not in ("units", "views", "carts", "revenue"):
+                    return web.json({"error": "series must be 'units', 'views', 'carts' or 'revenue'"}, status=400)
                 model = st.trend if series == "units" else st.series.get(series, TrendModel())
                 return web.json({"item_id": item_id, "category_id": st.category_id, "window_ms": worker.cfg.size_ms,
                                  "windows": [{"start_ms": w.start_ms, "end_ms": w.end_ms, "launches": w.launches, "units": w.units,
-                                              "views": w.views, "carts": w.carts, "new_units": w.new_units}
+                                              "views": w.views, "carts": w.carts, "revenue": w.revenue,
+                                              "new_units": w.new_units}
                                              for w in st.closed(worker.cfg)[-worker.cfg.keep_closed:]],
                                  **summarise(model), "series": f"category {series} per window"})
             if series not in ("units", *ITEM_SERIES):

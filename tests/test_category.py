@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+
+import orjson
 import random
 
 from hypothesis import HealthCheck, given, settings
@@ -163,7 +165,7 @@ def test_window_items_and_calendar_are_bounded():
     for n in range(500):
         c.apply({"k": "c", "id": f"e{n}", "t": n, "i": f"i{n}", "e": "view"}, CFG)
         c.apply({"k": "g", "id": f"g{n}", "t": n, "i": f"i{n}", "st": "live", "la": n}, CFG)
-    assert len(c.windows[0]) == 10 and c.overflow[0] == [0.0, 490.0, 0.0] and len(c.calendar) == 20
+    assert len(c.windows[0]) == 10 and c.overflow[0] == [0.0, 490.0, 0.0, 0.0] and len(c.calendar) == 20
     [w] = c.close_windows(CFG, SIZE + GRACE)
     assert w.views == 500 and w.launches == 20  # launches beyond max_calendar are forgotten (newest kept)
     c.close_windows(CFG, 20 * SIZE)
@@ -220,5 +222,25 @@ def test_category_routing_records():
     assert route_category_records(ClickEvent("e2", 10, "u", "s", "view", "a", None, 2.0, None)) == []
     assert route_category_records(ClickEvent("e3", 10, "u", "s", "search", None, "c1", None, None)) == []
     o = OrderEvent("o1", 5, "u", (OrderLine("b", 1, 1.0, "c2"), OrderLine("a", 1, 1.0, "c1"), OrderLine("a", 2, 1.0, "c1")))
-    assert [(k, r["id"], r["L"]) for k, r in route_category_records(o)] == [("category:c1", "o1", [["a", 3]]),
-                                                                           ("category:c2", "o1", [["b", 1]])]
+    assert [(k, r["id"], r["L"]) for k, r in route_category_records(o)] == [("category:c1", "o1", [["a", 3, 3.0]]),
+                                                                           ("category:c2", "o1", [["b", 1, 1.0]])]
+
+
+def test_category_revenue_and_series_trends_and_state_upgrade():
+    """Revenue per window from the order lines' prices; views, carts and revenue trends from each series'
+    first non-zero window; a version-3 state loads with revenue 0."""
+    from launchpulse.models.category import CategoryState
+
+    c = CategoryState("c")
+    for w in range(8):
+        c.apply({"k": "o", "id": f"o{w}", "t": w * SIZE, "c": "c", "L": [["a", 2, 5.0], ["b", 1]]}, CFG)
+        if w >= 3:
+            c.apply({"k": "c", "id": f"v{w}", "t": w * SIZE, "i": "a", "c": "c", "e": "view"}, CFG)
+    closed = c.close_windows(CFG, 8 * SIZE + GRACE)
+    assert [w.revenue for w in closed] == [5.0] * 8 and [w.units for w in closed] == [3.0] * 8
+    assert set(c.series) == {"views", "revenue"} and c.series["revenue"].n_seen == 8 and c.series["views"].n_seen == 5
+    d = orjson.loads(orjson.dumps(c.to_state()))
+    assert CategoryState.from_state(d).to_state() == d
+    old = dict(d, version=3, history=[h[:11] for h in d["history"]])
+    assert [w.revenue for w in CategoryState.from_state(old).closed(CFG)] == [0.0] * len(d["history"])
+
