@@ -147,7 +147,7 @@ def _tune_gc() -> None:
     gc.freeze()
     gen0 = int(os.environ.get("LAUNCHPULSE_GC_GEN0", GC_GEN0_THRESHOLD))
     if gen0 > 0:
-        gc.set_threshold(gen0, 20, 100)
+        gc.set_threshold(gen0, 20, 10)
 
 
 GC_GEN0_THRESHOLD = 50_000

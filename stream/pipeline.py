@@ -158,8 +158,6 @@ class Worker:
         self.last_flush = time.monotonic()
         self._n_total = 0
         self._primary_since = 0  # primary orders accepted here since _n_total was summed
-        self._primary_since_w: dict[int, int] = {}  # the same per window start
-        self._n_windows: dict[int, int] = {}  # primary orders per window start, as of the last sum
         self._n_sessions = (0, 0)
         self._n_total_at = -1e9
         self.session_cfg = SessionConfig(grace_ms=s.grace_ms)
@@ -474,7 +472,6 @@ class Worker:
                         self.dirty_totals.add(key)
                         if rec["n"] and outcome == ACCEPTED:
                             self._primary_since += 1
-                            self._primary_since_w[start] = self._primary_since_w.get(start, 0) + 1
                 elif kind is CategoryState:
                     meta.categories.add(key)
             elif rec["n"]:
@@ -652,7 +649,6 @@ class Worker:
             cache = self.cache
             total = 0
             views = carts = 0
-            per_window: dict[int, int] = {}
             for k, v in self.totals.items():
                 if k[:1] == b"#":
                     if k.startswith(b"#sessions"):
@@ -660,29 +656,27 @@ class Worker:
                         carts += v[1]
                 elif type(cache.get(k.decode())) is not ItemState:
                     total += v[1]
-                    if len(v) > 4:
-                        for w, (_, primary) in v[4].items():
-                            w = int(w)
-                            per_window[w] = per_window.get(w, 0) + primary
-            for st in cache.values():
-                if type(st) is ItemState:
-                    total += st.primary_orders
-                    for w, primary in st.primary_windows.items():
-                        per_window[w] = per_window.get(w, 0) + primary
-            self._n_total = total
-            self._n_windows = per_window
+            self._n_total = total + sum(st.primary_orders for st in cache.values() if type(st) is ItemState)
             self._n_sessions = (views, carts)
             self._n_total_at = now
             self._primary_since = 0
-            self._primary_since_w = {}
         return self._n_total + self._primary_since
 
     def n_orders_windows(self, lo: int, hi: int) -> int:
-        """Accepted baskets with event time in windows lo..hi (window starts): N of window=recent."""
-        self.n_orders_total()
-        since = self._primary_since_w
-        return sum(n for w, n in self._n_windows.items() if lo <= w <= hi) + sum(
-            n for w, n in since.items() if lo <= w <= hi)
+        """Accepted baskets with event time in windows lo..hi (window starts): N of window=recent.
+
+        Summed at each call (the HTTP view only): owned items from their live state, the others from
+        their replicated per-window counts.
+        """
+        cache = self.cache
+        total = 0
+        for k, v in self.totals.items():
+            if k[:1] != b"#" and len(v) > 4 and type(cache.get(k.decode())) is not ItemState:
+                total += sum(p for w, (_, p) in v[4].items() if lo <= int(w) <= hi)
+        for st in cache.values():
+            if type(st) is ItemState:
+                total += sum(p for w, p in st.primary_windows.items() if lo <= w <= hi)
+        return total
 
     def recent_range(self, partition: int) -> tuple[int, int] | None:
         """The window starts of window=recent: the newest window any input partition has reached (as
