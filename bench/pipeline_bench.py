@@ -298,6 +298,17 @@ def counts_check(m: dict, topics: dict, events: int) -> dict:
     return out
 
 
+def quiet_since(hist: list, now: float) -> float:
+    """Since when the latest /progress snapshot (records, signals, nothing queued) has held."""
+    snap = (hist[-1][1]["records_processed"], hist[-1][1]["signals_sent"])
+    since = now
+    for t, q in reversed(hist):
+        if (q["records_processed"], q["signals_sent"]) != snap or q["score_queue"] != 0:
+            break
+        since = t
+    return since
+
+
 def drain_run(w: Worker, messages: int, events: int, stable_s: float = 8.0, timeout_s: float = 330.0,
               on_first=None) -> dict:
     """Poll /progress every 0.5 s from the worker's start until it is quiet; time the phases."""
@@ -318,16 +329,9 @@ def drain_run(w: Worker, messages: int, events: int, stable_s: float = 8.0, time
                     on_first()
                 first_seen = True
                 hist.append((now, p))
-                snap = (p["records_processed"], p["signals_sent"])
                 done = p["ingested_messages"] >= messages and p["score_queue"] == 0
                 # quiet: the final snapshot held for stable_s (covers the ingest's 5 s idle-partition watermark)
-                same_since = now
-                for t, q in reversed(hist):
-                    if (q["records_processed"], q["signals_sent"]) == snap and q["score_queue"] == 0:
-                        same_since = t
-                    else:
-                        break
-                if done and now - same_since >= stable_s:
+                if done and now - quiet_since(hist, now) >= stable_s:
                     break
         time.sleep(0.5)
     else:
@@ -388,14 +392,7 @@ def drain_group(workers: list, messages: int, events: int, stable_s: float = 8.0
                 t_zero_last = now
             else:
                 hist.append((now, p))
-                snap = (p["records_processed"], p["signals_sent"])
-                same_since = now
-                for t, q in reversed(hist):
-                    if (q["records_processed"], q["signals_sent"]) == snap and q["score_queue"] == 0:
-                        same_since = t
-                    else:
-                        break
-                if p["ingested_messages"] >= messages and now - same_since >= stable_s:
+                if p["ingested_messages"] >= messages and now - quiet_since(hist, now) >= stable_s:
                     break
         time.sleep(0.5)
     else:

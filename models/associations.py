@@ -714,11 +714,15 @@ def _score(row: Mapping) -> float:
     return row["lift"] * row["confidence"]
 
 
+_BELOW = 1.0 - 1e-9  # the prefilter leaves rows within rounding of a threshold to the exact test
+
+
 def rank_associations(item_assoc: ItemAssociations, global_counts: Mapping[str, int], n_total: int,
                       limit: int = 20, min_support_count: int = DEFAULT_MIN_SUPPORT_COUNT, window="all", *,
                       now_ms: int | None = None, view_counts: Mapping[str, int] | None = None,
                       n_view_total: int | None = None, cart_counts: Mapping[str, int] | None = None,
-                      n_cart_total: int | None = None) -> list[dict]:
+                      n_cart_total: int | None = None, min_lift: float = 0.0,
+                      min_confidence: float = 0.0) -> list[dict]:
     """Co-purchase rules ``item -> partner``, strongest first.
 
     Ranking: ``lift * confidence`` descending (= confidence² / P(C): rewards
@@ -729,7 +733,9 @@ def rank_associations(item_assoc: ItemAssociations, global_counts: Mapping[str, 
     ``min(n_item, n_partner)``.  ``global_counts``/``n_total`` must describe
     the same ``window``; a missing or stale ``n_partner`` is raised to
     ``co_count``.  ``relation`` uses :func:`classify_relation`; pass the
-    session totals to enable the substitute test.
+    session totals to enable the substitute test. ``min_lift`` / ``min_confidence`` drop rows
+    clearly below them before anything else is computed (a cheap prefilter for
+    :func:`bundle_candidates`, which still applies the exact thresholds).
     """
     n_a = item_assoc.count("buy", window, now_ms)
     if n_a <= 0 or n_total <= 0:
@@ -740,7 +746,7 @@ def rank_associations(item_assoc: ItemAssociations, global_counts: Mapping[str, 
     for partner, cnt, err in ctr.items(min_support_count):
         n_c = min(max(int(global_counts.get(partner, 0)), min(cnt, n_a)), n_total)
         co = min(cnt, n_a, n_c)
-        if co < min_support_count:
+        if co < min_support_count or co < _BELOW * min_confidence * n_a or co * n_total < _BELOW * min_lift * n_a * n_c:
             continue
         lo = max(0, cnt - err)
         m = rule_metrics(co, n_a, n_c, n_total)
@@ -840,7 +846,8 @@ def bundle_candidates(item_assoc: ItemAssociations, global_counts: Mapping[str, 
     """Complement rows with ``lift >= min_lift``, ``confidence >= min_confidence`` and
     ``co_count >= min_support_count``, in :func:`rank_associations` order."""
     rows = rank_associations(item_assoc, global_counts, n_total, limit=0,
-                             min_support_count=min_support_count, window=window, now_ms=now_ms)
+                             min_support_count=min_support_count, window=window, now_ms=now_ms,
+                             min_lift=min_lift, min_confidence=min_confidence)
     out = [r for r in rows if r["relation"] == "complement" and r["lift"] >= min_lift
            and r["confidence"] >= min_confidence]
     return out[:limit] if limit else out

@@ -448,3 +448,27 @@ def test_instacart_top40_pairs_kept_and_exact():
         rows = rank_associations(states[a], n, len(baskets), limit=0, min_support_count=10)
         assert {r["item_id"] for r in rows} == {c for c, v in co[a].items() if v >= 10}
         assert all(r["exact"] for r in rows)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=5), min_size=1, max_size=80),
+       st.sampled_from([0.0, 1.0, 1.5, 2.0, 3.0]), st.sampled_from([0.0, 0.02, 0.1, 0.5]), st.integers(1, 3))
+def test_bundle_prefilter_keeps_the_rows_of_the_full_ranking(baskets, min_lift, min_conf, min_count):
+    """bundle_candidates with its cheap lift/confidence prefilter = filtering the full ranking."""
+    from launchpulse.models.associations import _score
+
+    assoc = ItemAssociations("a")
+    counts: dict = {}
+    for b in baskets:
+        items = set(b)
+        for i in items:
+            counts[i] = counts.get(i, 0) + 1
+        if "a" in items:
+            assoc.learn_basket(sorted(items - {"a"}), 0)
+    n = len(baskets)
+    full = rank_associations(assoc, counts, n, limit=0, min_support_count=min_count)
+    want = [r for r in full if r["relation"] == "complement" and r["lift"] >= min_lift and r["confidence"] >= min_conf]
+    got = bundle_candidates(assoc, counts, n, limit=0, min_support_count=min_count, min_lift=min_lift,
+                            min_confidence=min_conf)
+    assert got == want
+    assert got == sorted(got, key=lambda r: (-_score(r), -r["co_count"], r["item_id"]))
