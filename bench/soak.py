@@ -87,8 +87,11 @@ def sample(w: pb.Worker, t0: float, sent: int) -> dict:
 
 
 async def offer(settings, w: pb.Worker, events: list, rate: float, seconds: float, every: float,
-                samples: list, t0: float) -> dict:
-    """Send single-event messages at ``rate``/s for ``seconds`` (or until ``events`` run out), sampling."""
+                samples: list, t0: float, live_time: bool = False) -> dict:
+    """Send single-event messages at ``rate``/s for ``seconds`` (or until ``events`` run out), sampling.
+
+    ``live_time``: each event's time is the wall clock when it is sent (a live feed), instead of the
+    data's own times (a year of daily windows replayed in minutes)."""
     from aiokafka import AIOKafkaProducer
 
     loop = asyncio.get_running_loop()
@@ -115,8 +118,10 @@ async def offer(settings, w: pb.Worker, events: list, rate: float, seconds: floa
             due = min(n, int((time.monotonic() - t_start) * rate) + 1)
             while i < due:
                 e = events[i]
-                futures.append(await prod.send(getattr(settings, pb.KIND_TOPIC[e["kind"]]),
-                                               orjson.dumps({k: v for k, v in e.items() if k != "kind"})))
+                body = {k: v for k, v in e.items() if k != "kind"}
+                if live_time:
+                    body["ts"] = int(time.time() * 1000)
+                futures.append(await prod.send(getattr(settings, pb.KIND_TOPIC[e["kind"]]), orjson.dumps(body)))
                 i += 1
             if len(futures) >= 5000:
                 await asyncio.gather(*futures)
@@ -193,6 +198,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-events", type=int, default=2_000_000, help="bound on the events sent (default 2,000,000)")
     ap.add_argument("--sample-seconds", type=float, default=10.0, help="sampling interval (default 10)")
     ap.add_argument("--drain-seconds", type=float, default=180.0, help="bound on the wait after the offer (default 180)")
+    ap.add_argument("--live-time", action="store_true",
+                    help="stamp events with the wall clock as they are sent (a live feed), with 60 s windows and 10 s "
+                         "grace, instead of the data's own times with daily windows")
     ap.add_argument("--commit", default=None, help="commit to name in the report (default: git rev-parse HEAD here)")
     ap.add_argument("--json", default=None, help="write every figure and sample to this file")
     ap.add_argument("--section", default=None, help="write the markdown section (## Soak (issue 6)) to this file")
@@ -222,6 +230,8 @@ def run(args, workdir: Path) -> int:
 
     seconds = args.minutes * 60
     n = min(args.max_events, int(args.rate * seconds))
+    if args.live_time:
+        pb.WINDOW_S, pb.GRACE_S = 60, 10  # read by pb.Worker and the report
     pb.log(f"preparing {n:,} events")
     events = pb.offered_events(instacart_events(opening_stock=None), n)
     pb._broker = broker = EmbeddedBroker(port=free_port()).start()  # pb.cleanup() stops it
@@ -234,7 +244,8 @@ def run(args, workdir: Path) -> int:
     samples: list[dict] = []
     t0 = time.monotonic()
     pb.log(f"offering {args.rate:,.0f} events/s for {args.minutes:g} min")
-    res = asyncio.run(offer(settings, w, events, args.rate, seconds, args.sample_seconds, samples, t0))
+    res = asyncio.run(offer(settings, w, events, args.rate, seconds, args.sample_seconds, samples, t0,
+                            args.live_time))
     t_offer_end = time.monotonic() - t0
     samples.append(sample(w, t0, res["events"]))
     last_offer = samples[-1]
