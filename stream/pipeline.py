@@ -721,14 +721,16 @@ class Worker:
             ev = dataclasses.replace(ev, predicted_demand=None if pred is None else [float(x) for x in pred])
             raw = self.memory.get(cw.item_id.encode())
             mem = SignalMemory.from_state(orjson.loads(raw) if raw else None)
-            before = dict(mem.last)
             for sig in decide_item(ev, mem, self.scorer.version, self.thresholds):
                 sent.append((enqueued, sig))
             if nb is not None:
                 for sig in decide_homogeneity(ev, nb, mem, HOMOGENEITY_MODEL_VERSION, self.thresholds):
                     sent.append((enqueued, sig))
-            if mem.last != before:
-                self.memory[cw.item_id.encode()] = orjson.dumps(mem.to_state())
+            # Written back whenever anything moved: the last firings, and also the streaks and
+            # confirmations (a rule held for k windows in a row) that fire nothing themselves.
+            after = orjson.dumps(mem.to_state())
+            if after != (raw or orjson.dumps(SignalMemory().to_state())):
+                self.memory[cw.item_id.encode()] = after
         for enqueued, sig in sent:
             await self.signals_topic.send(key=sig["signal_id"].encode(), value=orjson.dumps(sig))
             self._count_signal(sig, enqueued)
