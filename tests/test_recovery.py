@@ -44,6 +44,16 @@ def batch_truth(orders):
     return len(orders), n_item, partners
 
 
+def assert_rows_exact(item, rows: dict, expected: dict, n_total: int, n_item) -> None:
+    """Every returned row's co_count, support, confidence and lift equal the batch counts."""
+    for partner, row in rows.items():
+        co = expected.get(partner, 0)
+        assert row["co_count"] == co, (item, partner, row, co)
+        assert row["support"] == pytest.approx(co / n_total, rel=1e-6)
+        assert row["confidence"] == pytest.approx(co / n_item[item], rel=1e-6)
+        assert row["lift"] == pytest.approx(co * n_total / (n_item[item] * n_item[partner]), rel=1e-6)
+
+
 async def _produce(settings, orders, per_message=25):
     p = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=False, linger_ms=5)
     await p.start()
@@ -103,11 +113,6 @@ def test_sigkill_twice_then_exact_associations(deployment):
         assert code == 200, body
         rows = {r["item_id"]: r for r in body["associations"]}
         expected = pair[item]
-        for partner, row in rows.items():
-            co = expected.get(partner, 0)
-            assert row["co_count"] == co, (item, partner, row, co)
-            assert row["support"] == pytest.approx(co / n_total, rel=1e-6)
-            assert row["confidence"] == pytest.approx(co / n_item[item], rel=1e-6)
-            assert row["lift"] == pytest.approx(co * n_total / (n_item[item] * n_item[partner]), rel=1e-6)
+        assert_rows_exact(item, rows, expected, n_total, n_item)
         missing = [p for p, c in expected.items() if c >= 10 and p not in rows]
         assert not missing, (item, missing[:5])
