@@ -81,6 +81,7 @@ __all__ = [
     "substitutes",
     "homogeneity",
     "bundle_candidates",
+    "strongest_partners",
     "provisional_partners",
 ]
 
@@ -851,6 +852,25 @@ def bundle_candidates(item_assoc: ItemAssociations, global_counts: Mapping[str, 
     out = [r for r in rows if r["relation"] == "complement" and r["lift"] >= min_lift
            and r["confidence"] >= min_confidence]
     return out[:limit] if limit else out
+
+
+def strongest_partners(item_assoc: ItemAssociations, limit: int = 5,
+                       min_count: int = DEFAULT_MIN_SUPPORT_COUNT) -> list[tuple[str, int]]:
+    """The item's ``limit`` partners bought with it most often (all-time, ``co_count >= min_count``),
+    as ``(partner, co_count)``, largest first, then partner id.
+
+    Counts only: what they mean (confidence, lift) depends on the item's and the
+    partner's totals and on N, which keep moving after these are taken.
+
+    >>> a = ItemAssociations("milk")
+    >>> for basket in (["bread", "eggs"], ["bread"], ["eggs"], ["bread", "jam"]):
+    ...     a.learn_basket(basket, ts_ms=0)
+    >>> strongest_partners(a, limit=2, min_count=2)
+    [('bread', 3), ('eggs', 2)]
+    """
+    counts = item_assoc.counter("buy")._count
+    rows = [(p, n) for p, n in counts.items() if n >= min_count]
+    return heapq.nsmallest(limit, rows, key=lambda r: (-r[1], r[0]))
 
 
 def provisional_partners(category_rows: Iterable[Mapping], substitute_rows: Iterable[Iterable[Mapping]] | Mapping,

@@ -40,6 +40,7 @@ from launchpulse.models.associations import (
     DEFAULT_MIN_SUPPORT_COUNT,
     ItemAssociations,
     provisional_partners,
+    strongest_partners,
     rank_associations,
 )
 from launchpulse.models.routing import partition_for, partition_for_bytes
@@ -505,9 +506,11 @@ class Worker:
                 if cw.forecast_abs_error is not None:
                     m.forecast_error.observe(cw.forecast_abs_error)
                 ev = features.evidence(cw, cfg, None, self.totals_view, n_total)
-                if ev.bundles:
-                    # Published with the item's totals: cold-start partners of its category's new items.
-                    self.top_partners[cw.item_id] = [[p, lift, conf] for p, _, lift, conf, _ in ev.bundles]
+                # Published with the item's totals: cold-start partners of its category's new items.
+                # Counts, not lift: lift depends on N, which keeps growing after this close.
+                top = [[p, co, cw.state.assoc.n_item] for p, co in strongest_partners(cw.state.assoc)]
+                if top != self._published_top(cw.item_id):
+                    self.top_partners[cw.item_id] = top
                     self.dirty_totals.add(cw.item_id)
                 nb = None
                 if ev.age_windows is not None and ev.age_windows <= th.new_item_windows and cw.state.assoc.n_view + cw.state.assoc.n_cart:
@@ -531,11 +534,31 @@ class Worker:
         if prior is not None:
             st.trend = TrendModel.from_prior([prior["trend"]], scale=prior["scale"])
 
+    def _published_top(self, item: str) -> list:
+        v = self.top_partners.get(item)
+        if v is not None:
+            return v
+        v = self.totals.get(item.encode())
+        return v[5] if v is not None and len(v) > 5 else []
+
     def _published_partners(self, item: str) -> list[dict]:
+        """An item's strongest partners as its owner published them ([partner, co_count, n_item] at its
+        latest close): confidence as of that close, lift against the partner's support now."""
         v = self.totals.get(item.encode())
         if v is None or len(v) <= 5:
             return []
-        return [{"item_id": p, "lift": lift, "confidence": conf} for p, lift, conf in v[5]]
+        n_total = self.n_orders_total()
+        rows = []
+        for p, co, n_item in v[5]:
+            pv = self.totals.get(p.encode())
+            n_p = pv[0] if pv is not None else 0
+            if not (isinstance(co, int) and 0 < co <= n_item and n_p and n_total >= max(n_item, n_p)):
+                continue  # an entry of an older format, or a partner not replicated here yet
+            confidence = co / n_item
+            if confidence * n_total <= n_p:
+                continue  # lift <= 1: bought together no more than by chance
+            rows.append({"item_id": p, "confidence": confidence, "lift": confidence * n_total / n_p})
+        return rows
 
     def provisional_rows(self, st: ItemState, exclude: set, limit: int) -> list[dict]:
         """Cold-start partners of an item with little basket history (models.associations.provisional_partners):
