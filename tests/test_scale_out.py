@@ -42,7 +42,11 @@ def test_two_workers_split_partitions_and_answer_exactly(deployment):
         time.sleep(1)
     pa, pb = progress(a), progress(b)
     assert pa["records_processed"] > 0 and pb["records_processed"] > 0, (pa, pb)  # both own partitions
-    assert pa["orders_total"] == n_total and pb["orders_total"] == n_total, (pa, pb, a.tail(), b.tail())
+    if not (pa["orders_total"] == n_total and pb["orders_total"] == n_total):
+        from diagnose import diagnose_sync
+
+        pytest.fail(f"orders counted: {pa['orders_total']} and {pb['orders_total']} of {n_total}\n"
+                    f"{diagnose_sync(s, n_item, n_total)}\n{pa}\n{pb}\n--- a ---\n{a.tail()}\n--- b ---\n{b.tail()}")
 
     top = [item for item, _ in n_item.most_common(40)]
     for k, item in enumerate(top):

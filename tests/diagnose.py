@@ -1,0 +1,94 @@
+"""Where orders went missing in a deployment, read from the broker itself (for a failing test's message).
+
+Compares, per stage: the input messages with the routed envelopes that carry their records, the
+consumer groups' committed offsets with the topics' end offsets, and the latest replicated totals
+with the batch truth.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+
+async def _read_all(bootstrap: str, topic: str):
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ()) ]
+        if not parts:
+            await c.topics()
+            parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+        c.assign(parts)
+        await c.seek_to_beginning(*parts)
+        ends = await c.end_offsets(parts)
+        out = []
+        while any(await c.position(tp) < ends[tp] for tp in parts):
+            for tp, msgs in (await c.getmany(timeout_ms=1000)).items():
+                out += [(tp.partition, m.offset, m.key, m.value) for m in msgs]
+        return out, {tp.partition: ends[tp] for tp in parts}
+    finally:
+        await c.stop()
+
+
+async def _committed(bootstrap: str, group: str) -> dict:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offs = await admin.list_consumer_group_offsets(group)
+        return {(tp.topic, tp.partition): meta.offset for tp, meta in offs.items()}
+    finally:
+        await admin.close()
+
+
+async def diagnose(settings, n_item: Counter, n_total: int) -> str:
+    bs = settings.bootstrap_servers
+    lines = []
+    inputs, in_ends = await _read_all(bs, settings.topic_orders)
+    routed, r_ends = await _read_all(bs, settings.routed_topic)
+    totals, _ = await _read_all(bs, settings.totals_topic)
+    try:
+        ingest_c = await _committed(bs, f"{settings.app_id}-ingest")
+        faust_c = await _committed(bs, settings.app_id)
+    except Exception as e:  # noqa: BLE001 - a diagnostic must not hide the failure it explains
+        ingest_c, faust_c = {}, {}
+        lines.append(f"committed offsets unavailable: {type(e).__name__}: {e}")
+    lines.append(f"orders topic: {len(inputs)} messages, end offsets {in_ends}; ingest group committed "
+                 f"{ {p: o for (t, p), o in ingest_c.items() if t == settings.topic_orders} }")
+    lines.append(f"routed topic: {len(routed)} envelopes, end offsets {r_ends}; faust group committed "
+                 f"{ {p: o for (t, p), o in faust_c.items() if t == settings.routed_topic} }")
+    seen_src = set()
+    for part, off, _k, v in routed:
+        env = orjson.loads(v)
+        for rec in env.get("r", ()):
+            src = rec.get("o")
+            if src and src[0] == settings.topic_orders:
+                seen_src.add((src[1], src[2]))
+    missing_src = sorted({(p, o) for p, o, _k, _v in inputs} - seen_src)
+    lines.append(f"input messages with no routed record: {len(missing_src)} {missing_src[:20]}")
+    latest = {}
+    for _p, _o, k, v in totals:
+        if k is not None and not k.startswith(b"#"):
+            latest[k] = orjson.loads(v) if v is not None else None
+    n_primary = sum(v[1] for v in latest.values() if v)
+    short = {k.decode(): (v[0] if v else None, n_item[k.decode()]) for k, v in latest.items()
+             if (v[0] if v else 0) != n_item[k.decode()]}
+    absent = [i for i in n_item if i.encode() not in latest]
+    from launchpulse.models.routing import partition_for
+
+    by_part = Counter(partition_for(i, settings.state_partitions) for i in list(short) + absent)
+    lines.append(f"state partitions of the short or absent items: {dict(by_part)}")
+    lines.append(f"totals topic: {len(latest)} items, primary orders {n_primary} of {n_total}; "
+                 f"{len(short)} items with n_item != truth (first: {list(short.items())[:10]}); "
+                 f"{len(absent)} items absent (first: {absent[:10]})")
+    return "\n".join(lines)
+
+
+def diagnose_sync(settings, n_item: Counter, n_total: int) -> str:
+    try:
+        return asyncio.run(diagnose(settings, n_item, n_total))
+    except Exception as e:  # noqa: BLE001
+        return f"diagnosis failed: {type(e).__name__}: {e}"
