@@ -29,6 +29,9 @@ from .settings import Settings
 log = logging.getLogger("launchpulse.ingest")
 
 IDLE_PARTITION_S = 5.0
+# An unchanged report is sent again this often: owners let an idle partition stop holding time
+# only on an idleness checked after the newest data any partition reported (see PartitionMeta).
+REPORT_HEARTBEAT_S = 1.0
 PARTITION_CACHE_KEYS = 1_000_000
 BROKER_PROBE_S = 2.0  # health: a metadata request this often,
 BROKER_PROBE_TIMEOUT_S = 5.0  # answered within this long,
@@ -57,7 +60,8 @@ class Ingest:
         self.last_batch_monotonic = 0.0
         self.consumed = 0
         self._positions: dict[TopicPartition, int] = {}  # committed offsets, for the lag gauge
-        self._sent_report: dict[int, dict] = {}  # partition report last sent per owner partition
+        self._sent_report: dict[int, dict] = {}  # partition report last sent per owner partition (no wall times)
+        self._sent_at: dict[int, float] = {}  # monotonic time it was sent
         self._assigned: set = set()
         self._partition_of: dict[str, int] = {}  # routing key -> owner partition (a bounded cache)
         self._start_offsets: dict[TopicPartition, int] = {}  # committed offsets when first seen
@@ -181,16 +185,20 @@ class Ingest:
     async def partition_report(self) -> tuple[dict, int] | None:
         """Where this ingest stands on each assigned clickstream/orders partition, for the owners' watermark.
 
-        ``{"topic:partition": [max event time read, idle]}`` and the number of such partitions
-        in the input topics. A partition is idle when nothing is unread (by the broker's end
-        offset) and no message came for IDLE_PARTITION_S: it then no longer holds the watermark
-        back, and data arriving on it later than watermark - grace is late. Owners keep the latest
-        report per input partition (max of event times), so a partition's figure survives the
-        death of the ingest that read it until its next holder reports. Catalog records do not
-        move time. None while topic metadata is unknown.
+        ``{"topic:partition": [max event time read, idle, wall time]}`` and the number of such
+        partitions in the input topics. A partition is idle when nothing is unread (by the
+        broker's end offset) and no message came for IDLE_PARTITION_S: it then no longer holds the
+        watermark back, and data arriving on it later than watermark - grace is late. The wall
+        time is when the report was made, or for an idle partition just before the broker was
+        asked for its end offset (owners weigh idleness against the newest data reported, see
+        models.watermark.PartitionMeta). Owners keep the latest report per input partition (max
+        of event times), so a partition's figure survives the death of the ingest that read it
+        until its next holder reports. Catalog records do not move time. None while topic
+        metadata is unknown.
         """
         c = self.consumer
         now = time.monotonic()
+        wall = time.time()
         clock_topics = (self.s.topic_clickstream, self.s.topic_orders)
         n_total = 0
         for t in clock_topics:
@@ -222,20 +230,24 @@ class Ingest:
                     except Exception:  # unknown yet: pending
                         pos = -1
             quiet = hw is not None and pos >= hw and now - self.partition_heard.get(tp, -1e9) >= IDLE_PARTITION_S
-            report[f"{tp.topic}:{tp.partition}"] = [self.partition_max.get(tp, 0), quiet]
+            report[f"{tp.topic}:{tp.partition}"] = [self.partition_max.get(tp, 0), quiet, wall]
             if quiet:
                 positions[tp] = pos
         if positions:
             # The consumer's high watermark of a partition is only as fresh as its last fetch response:
             # right after data lands on every partition, one fetched first would make the others look
             # idle and run time ahead of their unread data. Ask the broker for the end offsets.
+            checked_at = time.time()  # idle as of no earlier than this
             try:
                 ends = await c.end_offsets(list(positions))
             except Exception:  # noqa: BLE001 - unknown: not idle (holding time back is the safe side)
                 ends = {}
             for tp, pos in positions.items():
+                entry = report[f"{tp.topic}:{tp.partition}"]
                 if ends.get(tp) is None or pos < ends[tp]:
-                    report[f"{tp.topic}:{tp.partition}"][1] = False
+                    entry[1] = False
+                else:
+                    entry[2] = checked_at
         return report, n_total
 
     async def process(self, batches: dict) -> None:
@@ -295,13 +307,18 @@ class Ingest:
         rep = await self.partition_report()
         report, n_total = rep if rep is not None else (None, 0)
         step = s.envelope_max_records
+        # What the report says, without its wall times: sent again when that changes, or as a heartbeat.
+        gist = {k: v[:2] for k, v in report.items()} if report is not None else None
+        now = time.monotonic()
         for part in range(s.state_partitions):
             # Every owner partition hears the report, even without records, so its windows close.
             recs = routed.get(part, [])
-            if not recs and (report is None or self._sent_report.get(part) == report):
+            if not recs and (report is None or (self._sent_report.get(part) == gist
+                                                and now - self._sent_at.get(part, 0.0) < REPORT_HEARTBEAT_S)):
                 continue
             if report is not None:
-                self._sent_report[part] = report
+                self._sent_report[part] = gist
+                self._sent_at[part] = now
             starts = range(0, max(len(recs), 1), step)
             for i in starts:
                 env = {"src": self.instance, "at": time.time(), "r": recs[i:i + step]}

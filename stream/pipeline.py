@@ -31,9 +31,9 @@ from launchpulse.models.decisions import (
 )
 from launchpulse.models.itemstate import SERIES as ITEM_SERIES
 from launchpulse.models.itemstate import ACCEPTED, LATE, ClosedWindow, ItemState, dormancy_check_window
-from launchpulse.models.propensity import ProgressiveScore, PropensityModel
+from launchpulse.models.propensity import ProgressiveScore
 from launchpulse.models.routing import CATEGORY_KEY_PREFIX, USER_KEY_PREFIX
-from launchpulse.models.sessions import DueIndex, SessionConfig, SessionTotals, UserSessions
+from launchpulse.models.sessions import SessionConfig, UserSessions
 from launchpulse.models.scorer import TrendScorer
 from launchpulse.models.trends import TrendModel, summarise
 from launchpulse.models.associations import (
@@ -44,6 +44,7 @@ from launchpulse.models.associations import (
     rank_associations,
 )
 from launchpulse.models.routing import partition_for, partition_for_bytes
+from launchpulse.models.watermark import PartitionMeta
 from launchpulse.models.windows import WindowConfig
 from launchpulse.schemas.validate import Rejection, dead_letter_record
 
@@ -56,60 +57,6 @@ log = logging.getLogger("launchpulse.worker")
 
 N_TOTAL_TTL_S = 0.25
 CATEGORY_PRIOR_PREFIX = b"#category:"  # totals key of a category's cold-start prior
-
-
-class PartitionMeta:
-    """Per owner partition: where every input partition stands, and the items with events per open window.
-
-    The watermark is the minimum, over every clickstream/orders partition that is not idle,
-    of the latest event time read from it (the max over every report heard: a report from a
-    dead ingest keeps holding time back until the partition's next holder reports). It only
-    moves once every input partition has been heard of, and never goes back.
-    """
-
-    __slots__ = ("parts", "n_parts", "watermark", "pending", "due", "categories", "propensity", "session_totals")
-
-    def __init__(self, parts=None, n_parts=0, watermark=0, pending=None, due=None, categories=None,
-                 propensity=None, session_totals=None):
-        self.parts: dict[str, list] = parts or {}  # "topic:partition" -> [max event time, idle]
-        self.n_parts: int = n_parts  # input partitions that hold time (clickstream + orders)
-        self.watermark: int = watermark
-        self.pending: dict[int, set] = pending or {}  # window start -> items with events in it
-        self.due: DueIndex = due or DueIndex()  # user keys -> when one of their sessions may close
-        self.categories: set = categories or set()  # category keys owned here (closed at every window)
-        self.propensity: PropensityModel = propensity or PropensityModel()  # learns this partition's sessions
-        self.session_totals: SessionTotals = session_totals or SessionTotals()
-
-    def hear(self, report: dict, n_parts: int) -> int:
-        parts = self.parts
-        for k, (ts, idle) in report.items():
-            old = parts.get(k)
-            parts[k] = [ts if old is None or ts > old[0] else old[0], idle]
-        if n_parts > self.n_parts:
-            self.n_parts = n_parts
-        if len(parts) >= self.n_parts:
-            live = [ts for ts, idle in parts.values() if not idle]
-            wm = min(live) if live else max(ts for ts, _ in parts.values())
-            if wm > self.watermark:
-                self.watermark = wm
-        return self.watermark
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps({"version": 6, "parts": self.parts, "n_parts": self.n_parts, "watermark": self.watermark,
-                             "pending": {str(k): sorted(v) for k, v in self.pending.items()},
-                             "due": self.due.to_state(), "categories": sorted(self.categories),
-                             "propensity": self.propensity.to_state(), "session_totals": self.session_totals.to_state()})
-
-    @classmethod
-    def from_bytes(cls, b: bytes | None) -> "PartitionMeta":
-        if not b:
-            return cls()
-        d = orjson.loads(b)
-        if d.get("version") != 6:
-            raise ValueError(f"partition meta version {d.get('version')!r} is not 6")
-        return cls(d["parts"], d["n_parts"], d["watermark"], {int(k): set(v) for k, v in d["pending"].items()},
-                   DueIndex.from_state(d["due"]), set(d["categories"]), PropensityModel.from_state(d["propensity"]),
-                   SessionTotals.from_state(d["session_totals"]))
 
 
 def meta_keys(n_partitions: int, prefix: str = "#meta") -> list[bytes]:

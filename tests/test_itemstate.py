@@ -175,7 +175,7 @@ def test_live_models_stay_bounded_by_active_items():
 # -- the owners' watermark -----------------------------------------------------------------
 
 def test_partition_meta_waits_for_every_input_partition_and_never_goes_back():
-    from launchpulse.stream.pipeline import PartitionMeta
+    from launchpulse.models.watermark import PartitionMeta
 
     m = PartitionMeta()
     # An ingest holding two of four partitions: time does not move until every partition is heard of.
@@ -193,6 +193,33 @@ def test_partition_meta_waits_for_every_input_partition_and_never_goes_back():
     assert (again.parts, again.n_parts, again.watermark) == (m.parts, m.n_parts, m.watermark)
     with pytest.raises(ValueError):
         PartitionMeta.from_bytes(orjson.dumps({"version": 4}))
+
+
+def test_idleness_checked_before_the_newest_data_holds_time_back():
+    """Two ingests: B found its partition idle just before data landed on every partition; A read its
+    share at once and reported first. B's stale idleness must not let A's data run time ahead of the
+    data still unread on B's partition (it would all be refused as late); B's next report frees it."""
+    from launchpulse.models.watermark import PartitionMeta
+
+    m = PartitionMeta()
+    assert m.hear({"o:1": [0, True, 100.0]}, 2) == 0  # B: idle, checked at t=100
+    assert m.hear({"o:0": [86_400_000, False, 100.5]}, 2) == 0  # A: a day of data, read at t=100.5
+    assert m.hear({"o:1": [3_600_000, False, 100.7]}, 2) == 3_600_000  # B reads its data: no record was late
+    assert m.hear({"o:1": [90_000_000, False, 101.0]}, 2) == 86_400_000
+    # Both idle later: time goes to the max; a report older than the one kept does not flip idleness back.
+    assert m.hear({"o:0": [86_400_000, True, 106.0], "o:1": [90_000_000, True, 106.0]}, 2) == 90_000_000
+    m.hear({"o:0": [86_400_000, False, 105.0]}, 2)
+    assert m.parts["o:0"][1] is True
+    # A heartbeat confirming idleness after the newest data releases time held by a stale idle report.
+    m2 = PartitionMeta()
+    m2.hear({"o:1": [10, True, 100.0]}, 2)
+    assert m2.hear({"o:0": [500, False, 100.5]}, 2) == 10
+    assert m2.hear({"o:1": [10, True, 101.0]}, 2) == 500
+    # A meta written before reports had wall times (version 6) reads as checked at 0.
+    old = orjson.dumps({"version": 6, "parts": {"o:0": [5, False], "o:1": [7, True]}, "n_parts": 2, "watermark": 5,
+                        "pending": {}, "due": m2.due.to_state(), "categories": [],
+                        "propensity": m2.propensity.to_state(), "session_totals": m2.session_totals.to_state()})
+    assert PartitionMeta.from_bytes(old).parts == {"o:0": [5, False, 0.0], "o:1": [7, True, 0.0]}
 
 
 def test_catalog_records_are_never_late():
