@@ -654,7 +654,7 @@ class Worker:
         meta = self._meta(partition)
         if not meta.parts:
             return None
-        hi = self.cfg.start_of(max(ts for ts, _ in meta.parts.values()))
+        hi = self.cfg.start_of(max(p[0] for p in meta.parts.values()))
         return hi - (RECENT_WINDOWS - 1) * self.cfg.size_ms, hi
 
     def n_sessions(self) -> tuple[int, int]:

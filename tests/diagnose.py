@@ -52,6 +52,7 @@ async def diagnose(settings, n_item: Counter, n_total: int) -> str:
     inputs, in_ends = await _read_all(bs, settings.topic_orders)
     routed, r_ends = await _read_all(bs, settings.routed_topic)
     totals, _ = await _read_all(bs, settings.totals_topic)
+    dead, _ = await _read_all(bs, settings.topic_dead_letter)
     try:
         ingest_c = await _committed(bs, f"{settings.app_id}-ingest", settings.topic_orders, in_ends)
         faust_c = await _committed(bs, settings.app_id, settings.routed_topic, r_ends)
@@ -60,6 +61,8 @@ async def diagnose(settings, n_item: Counter, n_total: int) -> str:
         lines.append(f"committed offsets unavailable: {type(e).__name__}: {e}")
     lines.append(f"orders topic: {len(inputs)} messages, end offsets {in_ends}; ingest group committed {ingest_c}")
     lines.append(f"routed topic: {len(routed)} envelopes, end offsets {r_ends}; faust group committed {faust_c}")
+    codes = Counter(orjson.loads(v).get("code") for _p, _o, _k, v in dead)
+    lines.append(f"dead letters: {len(dead)} {dict(codes)}")
     seen_src = set()
     for part, off, _k, v in routed:
         env = orjson.loads(v)
