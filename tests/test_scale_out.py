@@ -9,10 +9,9 @@ from launchpulse.stream.admin import ensure_topics
 from conftest import http_json
 from test_recovery import DAILY, _orders, _produce, assert_rows_exact, batch_truth
 
-# Minutes long. Kept out of the default run (python -m pytest -m scaleout) since the last CI run of
-# the third session: 475 of 15,183 orders were counted by neither worker after both went quiet
-# (cause not found yet; it passed earlier that session, and the two-worker benchmark run counted
-# every event once). See docs/guarantees.md.
+# About two minutes; `python -m pytest -m scaleout` runs it alone. It failed in a CI run (475 of
+# 15,183 orders lost) until the owners stopped trusting an idleness checked before the newest data
+# (see models/watermark.py and docs/guarantees.md).
 pytestmark = [pytest.mark.integration, pytest.mark.scaleout]
 
 
@@ -41,11 +40,13 @@ def test_two_workers_split_partitions_and_answer_exactly(deployment):
             pass
         time.sleep(1)
     pa, pb = progress(a), progress(b)
+    # Nothing refused as late: the replay is in event-time order, whichever worker reads which partition.
+    late = a.metric("launchpulse_late_events_total") + b.metric("launchpulse_late_events_total")
     assert pa["records_processed"] > 0 and pb["records_processed"] > 0, (pa, pb)  # both own partitions
-    if not (pa["orders_total"] == n_total and pb["orders_total"] == n_total):
+    if not (pa["orders_total"] == n_total and pb["orders_total"] == n_total and late == 0):
         from diagnose import diagnose_sync
 
-        pytest.fail(f"orders counted: {pa['orders_total']} and {pb['orders_total']} of {n_total}\n"
+        pytest.fail(f"orders counted: {pa['orders_total']} and {pb['orders_total']} of {n_total}, {late:g} late\n"
                     f"{diagnose_sync(s, n_item, n_total)}\n{pa}\n{pb}\n--- a ---\n{a.tail()}\n--- b ---\n{b.tail()}")
 
     top = [item for item, _ in n_item.most_common(40)]
