@@ -868,6 +868,8 @@ def strongest_partners(item_assoc: ItemAssociations, limit: int = 5,
     >>> strongest_partners(a, limit=2, min_count=2)
     [('bread', 3), ('eggs', 2)]
     """
+    if item_assoc.n_item < min_count:  # no partner can reach it (most closes)
+        return []
     counts = item_assoc.counter("buy")._count
     rows = [(p, n) for p, n in counts.items() if n >= min_count]
     return heapq.nsmallest(limit, rows, key=lambda r: (-r[1], r[0]))

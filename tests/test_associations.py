@@ -472,3 +472,21 @@ def test_bundle_prefilter_keeps_the_rows_of_the_full_ranking(baskets, min_lift, 
                             min_confidence=min_conf)
     assert got == want
     assert got == sorted(got, key=lambda r: (-_score(r), -r["co_count"], r["item_id"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=5), min_size=1, max_size=80),
+       st.integers(1, 6), st.integers(1, 4))
+def test_strongest_partners_are_the_batch_top_counts(baskets, min_count, limit):
+    """What an owner publishes for its category's new items: the batch top co-counts, ties by id."""
+    from launchpulse.models.associations import strongest_partners
+
+    assoc = ItemAssociations("a")
+    co: collections.Counter = collections.Counter()
+    for b in baskets:
+        items = set(b)
+        if "a" in items:
+            assoc.learn_basket(sorted(items - {"a"}), 0)
+            co.update(items - {"a"})
+    want = sorted(((p, n) for p, n in co.items() if n >= min_count), key=lambda r: (-r[1], r[0]))[:limit]
+    assert strongest_partners(assoc, limit=limit, min_count=min_count) == want
