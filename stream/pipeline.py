@@ -56,6 +56,9 @@ from .settings import Settings
 log = logging.getLogger("launchpulse.worker")
 
 N_TOTAL_TTL_S = 0.25
+# ... or longer on a large catalogue: the sum scans every replicated total (0.25 s for 1M
+# items), so it runs at most this fraction of the time; N is then staler, never behind (see n_orders_total).
+N_TOTAL_MAX_SHARE = 0.05
 CATEGORY_PRIOR_PREFIX = b"#category:"  # totals key of a category's cold-start prior
 
 
@@ -108,6 +111,7 @@ class Worker:
         self._primary_since = 0  # primary orders accepted here since _n_total was summed
         self._n_sessions = (0, 0)
         self._n_total_at = -1e9
+        self._n_total_cost = 0.0  # seconds the last sum took
         self.session_cfg = SessionConfig(grace_ms=s.grace_ms)
         self.propensity_score = ProgressiveScore()  # this process's predict-then-learn score (metrics)
         self.top_partners: dict[str, list] = {}  # item -> its strongest partners at its latest close (to publish)
@@ -610,12 +614,12 @@ class Worker:
         """N, the accepted baskets: the sum of every item's primary-order count in the replicated totals.
 
         Each item's count is idempotent under replays (it moves with the item's deduplicated
-        state), so N is too. Summed at most every N_TOTAL_TTL_S seconds, plus the primary orders
-        accepted here since: N must never fall behind an owned item's own basket count (lift and
-        the rule metrics refuse n_A > N).
+        state), so N is too. Summed at most every N_TOTAL_TTL_S seconds (longer where the sum
+        itself is slow, see N_TOTAL_MAX_SHARE), plus the primary orders accepted here since: N must
+        never fall behind an owned item's own basket count (lift and the rule metrics refuse n_A > N).
         """
         now = time.monotonic()
-        if now - self._n_total_at > N_TOTAL_TTL_S:
+        if now - self._n_total_at > max(N_TOTAL_TTL_S, self._n_total_cost / N_TOTAL_MAX_SHARE):
             cache = self.cache
             total = 0
             views = carts = 0
@@ -629,6 +633,7 @@ class Worker:
             self._n_total = total + sum(st.primary_orders for st in cache.values() if type(st) is ItemState)
             self._n_sessions = (views, carts)
             self._n_total_at = now
+            self._n_total_cost = time.monotonic() - now
             self._primary_since = 0
         return self._n_total + self._primary_since
 
