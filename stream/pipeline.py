@@ -248,10 +248,8 @@ class Worker:
                 a = st.assoc
                 pw = st.primary_windows
                 per_window = {str(w): [row[6], pw.get(w, 0)] for w, row in st.windows.items() if row[6]}
-                top = self.top_partners.pop(key, None)
-                if top is None:  # unchanged since the item's last close: keep what was published
-                    prev = self.totals.get(key.encode())
-                    top = prev[5] if prev is not None and len(prev) > 5 else []
+                top = self._published_top(key)  # what the item's latest close chose, else what was published
+                self.top_partners.pop(key, None)
                 self._replica_write(key.encode(), [a.n_item, st.primary_orders, a.n_view, a.n_cart, per_window, top])
             state_records, self._pending_writes = self._pending_writes, []
             for p in self.dirty_metas:
@@ -486,6 +484,8 @@ class Worker:
             st.trend = TrendModel.from_prior([prior["trend"]], scale=prior["scale"])
 
     def _published_top(self, item: str) -> list:
+        """The item's strongest partners to publish: chosen at its latest close and not yet flushed,
+        else as last published."""
         v = self.top_partners.get(item)
         if v is not None:
             return v

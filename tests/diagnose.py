@@ -17,14 +17,13 @@ async def _read_all(bootstrap: str, topic: str):
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await c.start()
     try:
+        await c.topics()  # metadata of every topic, so that partitions_for_topic knows this one
         parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
-        if not parts:
-            await c.topics()
-            parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
         c.assign(parts)
         await c.seek_to_beginning(*parts)
         ends = await c.end_offsets(parts)
         out = []
+
         async def behind():
             return [tp for tp in parts if await c.position(tp) < ends[tp]]
 

@@ -56,10 +56,7 @@ def test_two_workers_split_partitions_and_answer_exactly(deployment):
         assert code == 200, body
         expected = pair[item]
         rows = {r["item_id"]: r for r in body["associations"]}
-        for partner, row in rows.items():
-            co = expected.get(partner, 0)
-            assert row["co_count"] == co, (item, partner, row, co)
-            assert row["lift"] == pytest.approx(co * n_total / (n_item[item] * n_item[partner]), rel=1e-6)
+        assert_rows_exact(item, rows, expected, n_total, n_item)
         assert not [p for p, c in expected.items() if c >= 10 and p not in rows], item
 
     # window=recent: the last 4 daily windows up to the newest one reached, from either worker; its
