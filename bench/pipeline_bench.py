@@ -186,6 +186,31 @@ def offered_events(events: list, n: int) -> list:
     return out
 
 
+LIVE_T0_MS = 1_793_581_200_000  # 2026-11-02T01:00:00Z: the live feed's six hours lie in one daily window
+
+
+def live_clicks(n: int, items: int = 20_000, users: int = 50_000, seed: int = 0) -> list:
+    """A steady live clickstream, the done-when's workload: n single clicks (80% views, 15% add-to-cart,
+    5% wishlists) by ``users`` users, one session each, on a Zipf(1) catalogue of ``items`` items in 40
+    categories, event times spread evenly over six hours of one day. Unlike the Instacart replay,
+    which packs 388 days of event time into seconds (a window closes for about every event), a live
+    feed closes each item's window once a day: this measures the per-event path."""
+    import random
+
+    rng = random.Random(seed)
+    picks = rng.choices(range(items), weights=[1 / (r + 1) for r in range(items)], k=n)
+    span = 6 * 3_600_000
+    out = []
+    for i, it in enumerate(picks):
+        u = rng.randrange(users)
+        r = rng.random()
+        out.append({"kind": "clickstream", "event_id": f"live-{seed}-{i}", "ts": LIVE_T0_MS + i * span // n,
+                    "user_id": f"live-user-{u}", "session_id": f"live-session-{u}",
+                    "event_type": "view" if r < 0.8 else "add_to_cart" if r < 0.95 else "wishlist",
+                    "item_id": f"live-item-{it}", "category_id": f"live-cat-{it % 40}", "price": 9.99})
+    return out
+
+
 async def produce(settings, events: list, batch: int) -> dict:
     from launchpulse.stream.replay import replay
 
@@ -409,6 +434,24 @@ def drain_group(workers: list, messages: int, events: int, stable_s: float = 8.0
             "late_events": sum(c["late_events"] for c in counts),
             "cpu_seconds": [metric_sum(m, "process_cpu_seconds_total") for m in ms],
             "peak_rss_mib": [w.peak_rss_mib() for w in workers]}
+
+
+def live_run(broker_url: str, workdir: Path, n: int) -> dict:
+    """Step 3b: the live clickstream through a bare consumer (twice, the faster counts) and one fresh worker."""
+    from launchpulse.stream.admin import ensure_topics
+
+    events = live_clicks(n)
+    s = settings_for(broker_url, "bench-live-", "bench-producer")
+    asyncio.run(ensure_topics(s))
+    produced = asyncio.run(produce(s, events, 1))
+    bare_runs = [asyncio.run(bare_consume(s, produced["messages"])) for _ in range(2)]
+    w = Worker(broker_url, "bench-live-", "bench-live", workdir)
+    try:
+        run = drain_run(w, produced["messages"], len(events))
+    finally:
+        w.stop()
+    return {"events": len(events), "produced": produced, "bare_runs": bare_runs,
+            "bare": max(bare_runs, key=lambda r: r["events_per_s"] or 0), "run": run}
 
 
 def group_run(broker_url: str, workdir: Path, n_workers: int, events: list) -> dict:
@@ -720,7 +763,8 @@ def fmt(x, spec=",.0f", none="n/a"):
 def render(out: dict) -> str:
     L = ["| figure | value |", "|---|---|"]
     if "single" not in out:
-        return "\n".join(L + [render_latency(lr) for lr in out.get("latency", [])] + [render_mlxtend(out)])
+        return "\n".join(L + render_live(out.get("live")) + [render_latency(lr) for lr in out.get("latency", [])]
+                         + [render_mlxtend(out)])
     bare = out["bare"]["events_per_s"]
     single, packed = out["single"], out["packed"]
     L.append(f"| events (messages single / packed) | {out['events']:,} ({out['produced_single']['messages']:,} / "
@@ -741,6 +785,7 @@ def render(out: dict) -> str:
                  f"{r['progress']['signals_sent']:,}; {c['windows_closed']:,.0f} |")
         L.append(f"| {name}: worker peak RSS (VmHWM); worker CPU | {fmt(r['peak_rss_mib'], ',.0f')} MiB; "
                  f"{r['cpu_seconds']:.1f} s |")
+    L.extend(render_live(out.get("live")))
     for g in out.get("group", []):
         L.append(f"| same single-event topics, {g['workers']} worker(s) in one group: first ingest -> all records | "
                  f"{g['records_s']:.1f} s = {g['events_per_s']:,.0f} events/s; records per worker "
@@ -749,6 +794,21 @@ def render(out: dict) -> str:
     L.extend(render_latency(lr) for lr in out.get("latency", []))
     L.append(render_mlxtend(out))
     return "\n".join(x for x in L if x)
+
+
+def render_live(lv: dict | None) -> list:
+    if not lv:
+        return []
+    bare, r = lv["bare"]["events_per_s"], lv["run"]
+    c = r["counts"]
+    runs = ", ".join(f"{b['events_per_s']:,.0f}" for b in lv["bare_runs"])
+    return [f"| live clickstream ({lv['events']:,} single-event messages, one daily window): bare aiokafka+orjson | "
+            f"**{bare:,.0f} events/s** (runs: {runs}) |",
+            f"| live clickstream: full pipeline, first ingest -> all records through state | **{r['records_s']:.1f} s = "
+            f"{r['events_per_s']:,.0f} events/s = {r['events_per_s'] / bare:.1%} of bare** |",
+            f"| live clickstream: accepted / duplicate / rejected / late; records; worker CPU; peak RSS | "
+            f"{c['accepted']:,.0f} / {c['duplicate']:,.0f} / {c['rejected']:,.0f} / {c['late_events']:,.0f}; "
+            f"{r['progress']['records_processed']:,}; {r['cpu_seconds']:.1f} s; {fmt(r['peak_rss_mib'], ',.0f')} MiB |"]
 
 
 def render_latency(lr: dict) -> str:
@@ -806,6 +866,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rates", default=None, help="offered loads as RATE:SECONDS,... (default 2000:60,20000:30)")
     ap.add_argument("--profile-seconds", type=int, default=None)
     ap.add_argument("--skip-throughput", action="store_true", help="skip steps 2-3 (bare consumer, single/packed runs)")
+    ap.add_argument("--live-clicks", type=int, default=200_000,
+                    help="step 3b: this many synthetic live clicks, single-event messages in one daily window, "
+                         "through bare and pipeline (default 200,000; 0 skips)")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--drain-seconds", type=float, default=60.0, help="bound on the wait after each offered load")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
@@ -821,6 +884,7 @@ def main(argv=None) -> int:
         args.events = args.events or 20_000
         args.rates = args.rates or "1000:10,20000:5"
         args.profile_seconds = args.profile_seconds or 8
+        args.live_clicks = min(args.live_clicks, 20_000)
     args.rates = args.rates or "2000:60,20000:30"
     args.profile_seconds = args.profile_seconds or 20
     doc = args.doc or (None if args.quick else str(ROOT / "docs" / "bench-pipeline.md"))
@@ -872,6 +936,12 @@ def main(argv=None) -> int:
                 r = out[name]
                 log(f"{name}: {r['records_s']:.1f} s to all records ({r['events_per_s']:,.0f} events/s), quiet at "
                     f"{r['quiet_s']:.1f} s, progress {r['progress']}, counts {r['counts']}, RSS {r['peak_rss_mib']}")
+
+        if args.live_clicks:
+            out["live"] = live_run(url, workdir, args.live_clicks)
+            lv = out["live"]
+            log(f"live clicks: bare {lv['bare']['events_per_s']:,.0f}/s; pipeline {lv['run']['events_per_s']:,.0f}/s "
+                f"({lv['run']['events_per_s'] / lv['bare']['events_per_s']:.1%}), counts {lv['run']['counts']}")
 
         if not args.skip_group:
             out["group"] = [group_run(url, workdir, n, events) for n in (1, 2)]

@@ -11,45 +11,57 @@ processes it counts the event once (accepted or duplicate) in the metrics.
 """
 from __future__ import annotations
 
+import struct
+
 from launchpulse.schemas import CatalogEvent, ClickEvent, Event, OrderEvent
 
 
 def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (the Java client's and aiokafka's default partitioner hash)."""
+    """Kafka's murmur2 (the Java client's and aiokafka's default partitioner hash).
+
+    The 4-byte words are read in one ``struct`` call: a worker hashes every new key (users come
+    and go), and this runs about 3x faster than indexing byte by byte.
+
+    The test vectors of Kafka's Java client (``UtilsTest.testMurmur2``):
+
+    >>> [murmur2(k) for k in (b"21", b"foobar", b"a-little-bit-long-string", b"a-little-bit-longer-string",
+    ...                       b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", b"abc")]
+    [-973932308, -790332482, -985981536, -1486304829, -58897971, 479470107]
+    """
     length = len(data)
-    seed = 0x9747B28C
     m = 0x5BD1E995
-    r = 24
-    h = seed ^ length
-    length4 = length // 4
-    for i in range(length4):
-        i4 = i * 4
-        k = (data[i4 + 0] & 0xFF) + ((data[i4 + 1] & 0xFF) << 8) + ((data[i4 + 2] & 0xFF) << 16) + ((data[i4 + 3] & 0xFF) << 24)
-        k &= 0xFFFFFFFF
+    h = 0x9747B28C ^ length
+    length4 = length >> 2
+    for k in _unpack_words(data, length4):
         k = (k * m) & 0xFFFFFFFF
-        k ^= (k % 0x100000000) >> r
-        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> 24
+        h = ((h * m) & 0xFFFFFFFF) ^ ((k * m) & 0xFFFFFFFF)
+    extra = length & 3
+    if extra:
+        tail = length & ~3
+        if extra >= 3:
+            h ^= data[tail + 2] << 16
+        if extra >= 2:
+            h ^= data[tail + 1] << 8
+        h ^= data[tail]
         h = (h * m) & 0xFFFFFFFF
-        h ^= k
-        h &= 0xFFFFFFFF
-    extra = length % 4
-    if extra >= 3:
-        h ^= (data[(length & ~3) + 2] & 0xFF) << 16
-        h &= 0xFFFFFFFF
-    if extra >= 2:
-        h ^= (data[(length & ~3) + 1] & 0xFF) << 8
-        h &= 0xFFFFFFFF
-    if extra >= 1:
-        h ^= data[length & ~3] & 0xFF
-        h &= 0xFFFFFFFF
-        h = (h * m) & 0xFFFFFFFF
-    h ^= (h % 0x100000000) >> 13
+    h ^= h >> 13
     h = (h * m) & 0xFFFFFFFF
-    h ^= (h % 0x100000000) >> 15
-    h &= 0xFFFFFFFF
+    h ^= h >> 15
     if h & 0x80000000:
         h -= 0x100000000
     return h
+
+
+_WORDS: dict[int, struct.Struct] = {}
+
+
+def _unpack_words(data: bytes, n: int) -> tuple:
+    """The first n little-endian unsigned 32-bit words of data."""
+    st = _WORDS.get(n)
+    if st is None:
+        st = _WORDS[n] = struct.Struct(f"<{n}I")
+    return st.unpack_from(data)
 
 
 def partition_for_bytes(key: bytes, n_partitions: int) -> int:
@@ -60,6 +72,34 @@ def partition_for_bytes(key: bytes, n_partitions: int) -> int:
 def partition_for(key: str, n_partitions: int) -> int:
     """The partition Kafka's default partitioner gives this (UTF-8) key."""
     return partition_for_bytes(key.encode("utf-8"), n_partitions)
+
+
+class Partitioner:
+    """``partition_for`` with a bounded memo: murmur2 in Python costs microseconds, and keys repeat.
+
+    >>> p = Partitioner(8, max_keys=2)
+    >>> [p("item-1"), p(b"item-1"), p("item-2"), p("item-3")] == [partition_for("item-1", 8)] * 2 + [
+    ...     partition_for("item-2", 8), partition_for("item-3", 8)]
+    True
+    >>> len(p.memo) <= 2
+    True
+    """
+
+    __slots__ = ("n_partitions", "max_keys", "memo")
+
+    def __init__(self, n_partitions: int, max_keys: int = 1_000_000):
+        self.n_partitions = n_partitions
+        self.max_keys = max_keys
+        self.memo: dict = {}  # str or bytes key -> partition
+
+    def __call__(self, key: str | bytes) -> int:
+        part = self.memo.get(key)
+        if part is None:
+            if len(self.memo) >= self.max_keys:
+                self.memo.clear()  # bounded memory; recomputing is cheap enough
+            raw = key.encode("utf-8") if type(key) is str else key
+            part = self.memo[key] = partition_for_bytes(raw, self.n_partitions)
+        return part
 
 
 def route_event(ev: Event) -> list[tuple[str, dict]]:
