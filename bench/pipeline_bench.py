@@ -445,13 +445,39 @@ def live_run(broker_url: str, workdir: Path, n: int) -> dict:
     asyncio.run(ensure_topics(s))
     produced = asyncio.run(produce(s, events, 1))
     bare_runs = [asyncio.run(bare_consume(s, produced["messages"])) for _ in range(2)]
+    ingest = asyncio.run(ingest_alone(settings_for(broker_url, "bench-live-", "bench-live-ingest"), len(events)))
     w = Worker(broker_url, "bench-live-", "bench-live", workdir)
     try:
         run = drain_run(w, produced["messages"], len(events))
     finally:
         w.stop()
     return {"events": len(events), "produced": produced, "bare_runs": bare_runs,
-            "bare": max(bare_runs, key=lambda r: r["events_per_s"] or 0), "run": run}
+            "bare": max(bare_runs, key=lambda r: r["events_per_s"] or 0), "ingest": ingest, "run": run}
+
+
+async def ingest_alone(settings, events: int) -> dict:
+    """The worker's ingest stage by itself, in this process (validate, route, send envelopes, commit),
+    with nothing consuming its envelopes: the rate the stateful stage could at most be fed at."""
+    from launchpulse.models.windows import WindowConfig
+    from launchpulse.stream.ingest import Ingest
+    from launchpulse.stream.metrics import Metrics
+
+    ig = Ingest(settings, Metrics(), WindowConfig(size_ms=WINDOW_S * 1000, grace_ms=GRACE_S * 1000))
+    await ig.start()
+    task = asyncio.create_task(ig.run())
+    t0 = first = None  # from the first completed batch (so start-up and the group join are left out)
+    try:
+        deadline = time.monotonic() + 300
+        while ig.consumed < events and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            if t0 is None and ig.consumed:
+                t0, first = time.monotonic(), ig.consumed
+        dt = time.monotonic() - t0 if t0 is not None else None
+    finally:
+        task.cancel()
+        await ig.stop()
+    return {"events": ig.consumed, "seconds": dt,
+            "events_per_s": (ig.consumed - first) / dt if dt else None}
 
 
 def group_run(broker_url: str, workdir: Path, n_workers: int, events: list) -> dict:
@@ -806,6 +832,8 @@ def render_live(lv: dict | None) -> list:
             f"**{bare:,.0f} events/s** (runs: {runs}) |",
             f"| live clickstream: full pipeline, first ingest -> all records through state | **{r['records_s']:.1f} s = "
             f"{r['events_per_s']:,.0f} events/s = {r['events_per_s'] / bare:.1%} of bare** |",
+            *([f"| live clickstream: the ingest stage alone (validate, route, send envelopes, commit; nothing consumes them) | "
+               f"{lv['ingest']['events_per_s']:,.0f} events/s |"] if lv.get("ingest", {}).get("events_per_s") else []),
             f"| live clickstream: accepted / duplicate / rejected / late; records; worker CPU; peak RSS | "
             f"{c['accepted']:,.0f} / {c['duplicate']:,.0f} / {c['rejected']:,.0f} / {c['late_events']:,.0f}; "
             f"{r['progress']['records_processed']:,}; {r['cpu_seconds']:.1f} s; {fmt(r['peak_rss_mib'], ',.0f')} MiB |"]

@@ -23,6 +23,7 @@ from launchpulse.models.routing import Partitioner, route_event_extended
 from launchpulse.models.windows import WindowConfig
 from launchpulse.schemas.validate import Pseudonymiser, dead_letter_record, parse_message
 
+from .faust_transport import FETCH_MAX_WAIT_MS
 from .metrics import Metrics
 from .settings import Settings
 
@@ -79,6 +80,7 @@ class Ingest:
                                          auto_offset_reset="earliest", session_timeout_ms=int(s.session_timeout_s * 1000),
                                          heartbeat_interval_ms=1000, rebalance_timeout_ms=int(s.rebalance_timeout_s * 1000),
                                          max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024,
+                                         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
                                          **s.kafka_security())
         self.offset_reader = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, group_id=None,
                                               request_timeout_ms=30000, **s.kafka_security())

@@ -48,6 +48,7 @@ from launchpulse.models.watermark import PartitionMeta
 from launchpulse.models.windows import WindowConfig
 from launchpulse.schemas.validate import Rejection, dead_letter_record
 
+from .faust_transport import App as FaustApp
 from .ingest import Ingest
 from .replica import TopicReplica
 from .metrics import Metrics
@@ -131,7 +132,7 @@ class Worker:
         self.state_error = ""  # set when applying an envelope raised (a bug): the worker is unhealthy
         self.signals_sent = 0
         self.last_signal_monotonic = 0.0
-        self.app = app = faust.App(
+        self.app = app = FaustApp(
             s.app_id, broker=s.broker, datadir=str(s.data_dir), store="memory://",
             web_port=s.web_port, web_bind=s.web_host, web_host=s.advertised_host,
             broker_rebalance_timeout=s.rebalance_timeout_s, broker_session_timeout=s.session_timeout_s,

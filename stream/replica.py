@@ -18,6 +18,7 @@ import logging
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from .faust_transport import FETCH_MAX_WAIT_MS
 from .settings import Settings
 
 log = logging.getLogger("launchpulse.replica")
@@ -76,7 +77,8 @@ class TopicReplica:
         s = self.s
         c = self._consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, group_id=None,
                                               enable_auto_commit=False, auto_offset_reset="earliest",
-                                              max_partition_fetch_bytes=8 * 1024 * 1024, **s.kafka_security())
+                                              max_partition_fetch_bytes=8 * 1024 * 1024,
+                                              fetch_max_wait_ms=FETCH_MAX_WAIT_MS, **s.kafka_security())
         await c.start()
         parts = None
         while not parts:
