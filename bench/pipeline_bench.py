@@ -445,7 +445,9 @@ def live_run(broker_url: str, workdir: Path, n: int) -> dict:
     asyncio.run(ensure_topics(s))
     produced = asyncio.run(produce(s, events, 1))
     bare_runs = [asyncio.run(bare_consume(s, produced["messages"])) for _ in range(2)]
-    ingest = asyncio.run(ingest_alone(settings_for(broker_url, "bench-live-", "bench-live-ingest"), len(events)))
+    s_ingest = settings_for(broker_url, "bench-live-", "bench-live-ingest")
+    asyncio.run(ensure_topics(s_ingest))  # its routed topic, with one partition per owner partition
+    ingest = asyncio.run(ingest_alone(s_ingest, len(events)))
     w = Worker(broker_url, "bench-live-", "bench-live", workdir)
     try:
         run = drain_run(w, produced["messages"], len(events))
@@ -476,6 +478,8 @@ async def ingest_alone(settings, events: int) -> dict:
     finally:
         task.cancel()
         await ig.stop()
+    if not dt:
+        raise RuntimeError(f"the ingest stage alone read nothing in 300 s: {ig.health_reason() or 'no reason given'}")
     return {"events": ig.consumed, "seconds": dt,
             "events_per_s": (ig.consumed - first) / dt if dt else None}
 
