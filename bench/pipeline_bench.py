@@ -480,8 +480,7 @@ async def ingest_alone(settings, events: int) -> dict:
         await ig.stop()
     if not dt:
         raise RuntimeError(f"the ingest stage alone read nothing in 300 s: {ig.health_reason() or 'no reason given'}")
-    return {"events": ig.consumed, "seconds": dt,
-            "events_per_s": (ig.consumed - first) / dt if dt else None}
+    return {"events": ig.consumed, "seconds": dt, "events_per_s": (ig.consumed - first) / dt}
 
 
 def group_run(broker_url: str, workdir: Path, n_workers: int, events: list) -> dict:

@@ -20,7 +20,7 @@ def murmur2(data: bytes) -> int:
     """Kafka's murmur2 (the Java client's and aiokafka's default partitioner hash).
 
     The 4-byte words are read in one ``struct`` call: a worker hashes every new key (users come
-    and go), and this runs about 3x faster than indexing byte by byte.
+    and go), and this runs about 2x faster than indexing byte by byte (4.4 against 8.9 us for a 37-byte key).
 
     The test vectors of Kafka's Java client (``UtilsTest.testMurmur2``):
 
