@@ -338,6 +338,52 @@ class PartnerCounter:
             self._build_buckets()
         return self
 
+    def minus(self, later: Sequence["PartnerCounter"], min_count: int = 0) -> "PartnerCounter":
+        """This counter less the counts of ``later`` ones (counters of windows after a point in time,
+        each counting a subset of what this one counted): the counter as of that point.
+
+        A later counter's own slack widens the error: with ``count - error <= true <= count`` for
+        both, the difference keeps the guarantee with ``count - (later count - later error)`` and
+        the errors summed. Partners left with nothing, or counted fewer than ``min_count`` times
+        here, are dropped (then ``total`` still counts them).
+
+        >>> a, w = PartnerCounter(), PartnerCounter()
+        >>> for p in ["x", "y", "x", "z"]:
+        ...     a.add(p)
+        >>> for p in ["x", "z"]:
+        ...     w.add(p)
+        >>> a.minus([w]).items()
+        [('x', 1, 0), ('y', 1, 0)]
+        """
+        out = PartnerCounter(self.capacity)
+        out.evictions, out.floor = self.evictions, self.floor
+        counts = dict(self._count) if min_count <= 0 else {p: n for p, n in self._count.items() if n >= min_count}
+        errors = {p: e for p, e in self._error.items() if p in counts}
+        total = self.total
+        for c in later:
+            if c is None:
+                continue
+            total -= c.total
+            ce, cc = c._error, c._count
+            # from the smaller side: a window's counter against the kept partners
+            pairs = ((p, cc.get(p)) for p in counts) if len(counts) < len(cc) else cc.items()
+            for p, n in pairs:
+                if n is None:
+                    continue
+                cur = counts.get(p)
+                if cur is None:
+                    continue  # evicted (or below min_count) here: nothing to take from
+                e = ce.get(p, 0)
+                counts[p] = cur - (n - e)
+                if e:
+                    errors[p] = errors.get(p, 0) + e
+        out.total = max(0, total)
+        out._count = {p: n for p, n in counts.items() if n > 0}
+        out._error = {p: e for p, e in errors.items() if e and p in out._count}
+        if out.evictions:
+            out._build_buckets()
+        return out
+
     @classmethod
     def merged(cls, counters: Sequence["PartnerCounter"], capacity: int | None = None) -> "PartnerCounter":
         """Sum of counters (e.g. several windows) keeping the guarantee.
@@ -453,12 +499,15 @@ class ItemAssociations:
     """
 
     __slots__ = ("item_id", "capacity", "session_capacity", "window_ms", "keep_windows", "window_capacity",
-                 "_all", "_windows", "last_ts_ms")
+                 "_all", "_windows", "last_ts_ms", "owner_prunes")
 
     def __init__(self, item_id: str | None = None, capacity: int = DEFAULT_CAPACITY,
                  session_capacity: int = DEFAULT_SESSION_CAPACITY, window_ms: int | None = None,
-                 keep_windows: int = 4, window_capacity: int | None = None):
+                 keep_windows: int = 4, window_capacity: int | None = None, owner_prunes: bool = False):
         self.item_id = item_id
+        # True: windows are dropped only by drop_windows_before (the item's owner keeps every window
+        # after its last closed one, so counts as of a window's end stay computable: as_of).
+        self.owner_prunes = bool(owner_prunes)
         self.capacity = int(capacity)
         self.session_capacity = int(session_capacity)
         self.window_ms = int(window_ms) if window_ms else None
@@ -497,14 +546,17 @@ class ItemAssociations:
             if self._windows is None:
                 self._windows = {}
             ws = int(ts_ms) - int(ts_ms) % self.window_ms
-            newest = max(self._windows) if self._windows else ws
-            oldest_kept = max(newest, ws) - (self.keep_windows - 1) * self.window_ms
-            if ws >= oldest_kept:  # too-late events only count all-time
-                slot = self._windows.get(ws)
-                if slot is None:
+            slot = self._windows.get(ws)
+            if slot is None and self.owner_prunes:
+                slot = self._windows[ws] = _Slot()
+            elif slot is None:
+                newest = max(self._windows) if self._windows else ws
+                oldest_kept = max(newest, ws) - (self.keep_windows - 1) * self.window_ms
+                if ws >= oldest_kept:  # too-late events only count all-time
                     slot = self._windows[ws] = _Slot()
                     for old in [w for w in self._windows if w < oldest_kept]:
                         del self._windows[old]
+            if slot is not None:
                 slots.append((slot, True))
         i = _IDX[kind]
         for slot, windowed in slots:
@@ -533,6 +585,42 @@ class ItemAssociations:
             self.learn_basket(x["partners"], x["ts_ms"])
         else:
             self.learn_session(kind, x["partners"], x["ts_ms"])
+
+    def drop_windows_before(self, window_start: int) -> None:
+        """Forget the windows older than ``window_start`` (their counts stay in the all-time ones)."""
+        if self._windows:
+            for w in [w for w in self._windows if w < window_start]:
+                del self._windows[w]
+
+    def as_of(self, window_start: int, min_count: int = 0) -> "ItemAssociations":
+        """Purchases as of the end of the window starting at ``window_start``: the all-time basket
+        count and partner counter less those of every later window held (a window-less view; its
+        session counters are the all-time ones). Exact while the later windows are all held, which
+        an owner that prunes (``owner_prunes``) guarantees for windows after its last closed one.
+        ``min_count``: only partners bought with the item at least that often all-time are kept
+        (a reader with a support floor needs no more, and a popular item has thousands).
+
+        Returns ``self`` when no later window holds a basket (the usual case on a live feed).
+
+        >>> a = ItemAssociations("milk", window_ms=10, owner_prunes=True)
+        >>> a.learn_basket(["bread"], ts_ms=5); a.learn_basket(["bread", "jam"], ts_ms=15)
+        >>> b = a.as_of(0)
+        >>> b.n_item, b.counter("buy").items()
+        (1, [('bread', 1, 0)])
+        >>> a.as_of(10) is a
+        True
+        """
+        later = [s for w, s in (self._windows or {}).items() if w > window_start and s.n[0]]
+        if not later:
+            return self
+        out = ItemAssociations(self.item_id, self.capacity, self.session_capacity)
+        out.last_ts_ms = self.last_ts_ms
+        slot = out._all
+        slot.n = [self._all.n[0] - sum(s.n[0] for s in later), self._all.n[1], self._all.n[2]]
+        buy = self._all.counters[0]
+        slot.counters = [None if buy is None else buy.minus([s.counters[0] for s in later], min_count),
+                         self._all.counters[1], self._all.counters[2]]
+        return out
 
     # -- reading ------------------------------------------------------------
 
@@ -582,6 +670,7 @@ class ItemAssociations:
             "last_ts_ms": self.last_ts_ms,
             "all": self._all.to_state(),
             "windows": [[w, s.to_state()] for w, s in sorted((self._windows or {}).items())],
+            "owner_prunes": self.owner_prunes,
         }
 
     @classmethod
@@ -589,7 +678,7 @@ class ItemAssociations:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported ItemAssociations state version {state.get('version')!r}")
         self = cls(state["item_id"], state["capacity"], state["session_capacity"], state["window_ms"],
-                   state["keep_windows"], state["window_capacity"])
+                   state["keep_windows"], state["window_capacity"], state.get("owner_prunes", False))
         self.last_ts_ms = state["last_ts_ms"]
         self._all = _Slot.from_state(state["all"])
         if state["windows"] or self.window_ms:

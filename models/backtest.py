@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 from launchpulse.schemas.validate import Invalid, validate_event
 
 from . import features
-from .category import CategoryState, cadence_evidence
+from .category import CategoryState, cadence_evidence, close_steps
 from .decisions import (
     CADENCE_MODEL_VERSION,
     HOMOGENEITY_MODEL_VERSION,
@@ -453,7 +453,7 @@ class _SessionsAndCategories:
                 p = self.propensity.predict_proba_one(x)
                 self.propensity.learn_one(x, y)
                 for item, rec in summary.item_records(round(p, 6)):
-                    self.sim.state(item).apply_session(rec)
+                    self.sim.state(item).apply_session(rec, self.cfg)
             nxt = u.next_due_ms(self.scfg)
             if nxt is None and u.is_empty():
                 del self.users[key]
@@ -465,17 +465,26 @@ class _SessionsAndCategories:
         if self.boundary is not None and b <= self.boundary:
             return
         self.boundary = b
+        cfg = self.cfg
+        newest = b - cfg.size_ms
         for key in sorted(self.cats):
             c = self.cats[key]
-            for cw in c.close_windows(self.cfg, watermark):
-                ev = cadence_evidence(c, self.cfg, self.th, window_start=cw.start_ms)
-                mem = self.cat_memory.get(key)
-                if mem is None:
-                    mem = self.cat_memory[key] = SignalMemory()
-                for sig in decide_category(ev, mem, CADENCE_MODEL_VERSION, self.th):
-                    signals.append({"type": sig["type"], "category_id": ev.category_id,
-                                    "window_start_ms": ev.window_start, "window_index": w_index(ev.window_start),
-                                    "score": sig["score"], "signal_id": sig["signal_id"]})
+            if c.first_seen is None:
+                continue
+            start = cfg.start_of(c.first_seen) if c.closed_through is None else c.closed_through + cfg.size_ms
+            # as the worker does: one window at a time, each judged as the category stands at its end
+            for step in close_steps(start, newest, c.windows, cfg.size_ms):
+                for cw in c.close_windows(cfg, step + cfg.size_ms + cfg.grace_ms):
+                    ev = cadence_evidence(c, cfg, self.th, window_start=cw.start_ms)
+                    if ev is None:
+                        continue
+                    mem = self.cat_memory.get(key)
+                    if mem is None:
+                        mem = self.cat_memory[key] = SignalMemory()
+                    for sig in decide_category(ev, mem, CADENCE_MODEL_VERSION, self.th):
+                        signals.append({"type": sig["type"], "category_id": ev.category_id,
+                                        "window_start_ms": ev.window_start, "window_index": w_index(ev.window_start),
+                                        "score": sig["score"], "signal_id": sig["signal_id"]})
 
     def homogeneity(self, cw: ClosedWindow, ev: Evidence, mem: SignalMemory, n_total: int, item_orders) -> list[dict]:
         th = self.th
@@ -602,7 +611,9 @@ def run_backtest(events: Iterable[dict], cfg: WindowConfig, scorer, thresholds: 
                 side.apply(e)
             yield e
 
-    for cw in sim.run(feed()):  # feed() reads and clears pending between windows: append one by one
+    # Sessions the watermark has passed teach their items before those windows close, as in the worker.
+    close_sessions = (lambda: side.close_sessions(sim.watermark)) if sessions else None
+    for cw in sim.run(feed(), before_close=close_sessions):  # feed() reads and clears pending between windows
         pending.append(cw)  # noqa: PERF402
     if sessions:
         side.close_sessions(sim.watermark)

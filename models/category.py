@@ -59,6 +59,7 @@ STATE_VERSION = 4  # 2: views and carts trends (series); 3: top sellers; 4: reve
 TOP_SELLERS = 5  # items with the most units in the latest closed window with sales (cold-start partners)
 DEFAULT_THRESHOLDS = Thresholds()
 MAX_GAP_WINDOWS = 48  # a longer silent gap teaches the category's trend only its last this-many zero windows
+MAX_SILENT_STEPS = 48  # close_steps: a longer silent run closes in one call
 
 ACCEPTED, DUPLICATE, LATE = "accepted", "duplicate", "late"
 
@@ -107,7 +108,7 @@ class CategoryState:
     new_windows: int = 14  # "new" = launched within this many windows (Thresholds.new_item_windows)
     history_windows: int = 28  # closed windows kept for the cadence evidence
     max_items_per_window: int = 5_000
-    max_calendar: int = 5_000
+    max_calendar: int = 50_000  # a cap for memory; hitting it makes cadence depend on arrival timing
     calendar: dict = field(default_factory=dict)  # item -> [launched_at ms, status, catalog ts]
     windows: dict = field(default_factory=dict)  # open window start -> {item: [units, views, carts]}
     overflow: dict = field(default_factory=dict)  # open window start -> [units, views, carts] beyond the cap
@@ -335,6 +336,30 @@ class CategoryState:
                    d["closed_through"], d["n_closed"], [list(v) for v in d["history"]],
                    TrendModel.from_state(d["trend"]), dict(d["signal_memory"]),
                    {k: TrendModel.from_state(v) for k, v in d["series"].items()}, list(d["top_sellers"]))
+
+
+def close_steps(start: int, newest: int, windows, size: int, max_silent: int = MAX_SILENT_STEPS) -> list[int]:
+    """The windows to close a category up to, one :meth:`CategoryState.close_windows` call each, so that
+    each window is judged (and its prior published) as the category stands at its end, however far one
+    watermark step goes: every window from ``start`` to ``newest``, except that a silent run longer than
+    ``max_silent`` closes in one call (the trend learns only its last MAX_GAP_WINDOWS zeros then).
+
+    >>> close_steps(0, 40, {10: 1, 30: 1}, 10)
+    [0, 10, 20, 30, 40]
+    >>> close_steps(0, 1000, {500: 1}, 10)
+    [490, 500, 1000]
+    """
+    steps: list[int] = []
+    w = start
+    for e in sorted(s for s in windows if start <= s <= newest) + [newest + size]:
+        if (e - w) // size > max_silent:
+            steps.append(e - size)
+        else:
+            steps.extend(range(w, e, size))
+        if e <= newest:
+            steps.append(e)
+        w = e + size
+    return steps
 
 
 def cadence_evidence(state: CategoryState, cfg: WindowConfig, th: Thresholds = DEFAULT_THRESHOLDS,

@@ -47,7 +47,7 @@ FEATURES: dict[str, str] = {
     "log_price": "log1p(unit price), 0 when unknown",
     "log_stock_remaining": "log1p(stock remaining), 0 when unknown",
     "has_stock": "1 when stock is known",
-    "log_total_orders": "log1p(all-time orders holding the item)",
+    "log_total_orders": "log1p(orders holding the item in every window up to the closed one's end)",
     "log_expected_conversions": "log1p(sum of the purchase propensities of the closed sessions touching the item "
                                 "that reached it since its previous scored window closed)",
     "has_sessions": "1 when at least one such session (with a propensity) reached it",
@@ -103,17 +103,19 @@ def feature_row(cw: ClosedWindow, cfg: WindowConfig) -> list[float]:
         _slog(slope), 1.0 if cw.trend_burst else 0.0,
         _l(age), 1.0 if st.status is not None else 0.0,
         _l(st.price), _l(rem), 1.0 if rem is not None else 0.0,
-        _l(st.totals[COUNTERS.index("orders")]),
+        _l(cw.orders_through),
         _l(cw.expected_conversions), 1.0 if cw.sessions else 0.0,
     ]
 
 
 def evidence(cw: ClosedWindow, cfg: WindowConfig, predicted_demand: list | None,
              item_orders: Mapping[str, int] | Callable | None = None, n_orders_total: int = 0,
-             min_co_count: int = 10) -> Evidence:
+             min_co_count: int = 10, assoc=None) -> Evidence:
     """The decisions' view of one closed window; ``predicted_demand`` comes from the scorer.
 
-    Call it when the window closes: it reads the item's state as it is then.
+    Call it when the window closes: it reads the item's state as it is then. ``assoc``: the
+    item's purchases to judge bundles on (the worker passes them as of the window's end, with
+    ``item_orders`` and ``n_orders_total`` as of then too); by default its associations now.
     """
     c = cw.counts
     hist = cw.history[-HISTORY:]
@@ -128,8 +130,9 @@ def evidence(cw: ClosedWindow, cfg: WindowConfig, predicted_demand: list | None,
     recent_units = [h[COUNTERS.index("units")] for h in recent] + [c["units"]]
     bundles: tuple = ()
     st = cw.state
-    if item_orders is not None and n_orders_total > 0 and st.assoc.n_item >= min_co_count:
-        rows = bundle_candidates(st.assoc, item_orders, n_orders_total, limit=10)
+    a = st.assoc if assoc is None else assoc
+    if item_orders is not None and n_orders_total > 0 and a.n_item >= min_co_count:
+        rows = bundle_candidates(a, item_orders, n_orders_total, limit=10)
         # One signal per pair: the smaller item id speaks for both.
         bundles = tuple((r["item_id"], r["co_count"], r["lift"], r["confidence"], r["support"])
                         for r in rows if cw.item_id < r["item_id"])

@@ -16,8 +16,8 @@ from .sessions import learn_session_record
 from .trends import TrendModel
 from .windows import WindowConfig
 
-STATE_VERSION = 6  # 4: expected conversions since the previous scored window; 5: primary orders per window;
-#                    6: trends of the views, carts and revenue series
+STATE_VERSION = 7  # 4: expected conversions since the previous scored window; 5: primary orders per window;
+#                    6: trends of the views, carts and revenue series; 7: closed sessions per window of their close
 
 RECORD_FIELDS = {
     "k": "kind: 'c' clickstream, 'o' order line, 'g' catalog",
@@ -78,11 +78,12 @@ class ClosedWindow:
     n_closed: int = 0  # this window's position in the item's own history (1 = first)
     forecast_abs_error: float | None = None  # |one-step trend forecast - units| (None: no forecast yet)
     stock_remaining: float | None = None  # stock left at the window's end (see ItemState.stock_remaining_at)
-    # Closed sessions (with a purchase propensity) that reached the item since its previous ClosedWindow
-    # closed (or since it was first seen): the sum of their propensities, and how many. See
-    # ItemState.ec_since_close for why this is not attributed to the window itself.
+    # Closed sessions (with a purchase propensity) whose close time falls after the item's previous
+    # ClosedWindow and by this window's end: the sum of their propensities, and how many. See
+    # ItemState.session_windows.
     expected_conversions: float = 0.0
     sessions: int = 0
+    orders_through: float = 0.0  # orders holding the item in every window up to this one's end
 
 
 @dataclass(slots=True)
@@ -107,14 +108,16 @@ class ItemState:
     primary_windows: dict = field(default_factory=dict)  # window start -> primary orders in it (N per window)
     session_seen: dict = field(default_factory=dict)  # closed-session record id -> its time (dedupe, bounded)
     expected_conversions: float = 0.0  # sum of the predicted purchase propensity of the sessions that touched it
-    # The same sum, and the number of those sessions, over the session records that arrived since the
-    # item's previous ClosedWindow (a window with events) closed; handed to the next ClosedWindow and reset.
-    # Arrival, not the window: a session closes ~30 min (gap) + grace after its last event and its
-    # record reaches the item's owner after that (through the routed topic), so it often arrives after
-    # the window holding its events has closed; counting it in the next row scored counts each
-    # session in exactly one row, from what the owner knows at close time.
-    ec_since_close: float = 0.0
-    sessions_since_close: int = 0
+    # The same sum, and the number of those sessions, per window of the session's close time (its last
+    # event + the session gap), for the sessions not yet handed to a ClosedWindow: the next ClosedWindow
+    # (a window with events) takes every entry up to its own window. By the close time, not by arrival:
+    # a session's record reaches the item's owner through the routed topic after its user's owner closed
+    # it, and the worker closes a window only once every owner partition has sent the sessions it closed
+    # by then (see stream/pipeline.py, "closing watermark"), so what a row counts does not depend on
+    # timing. A record whose window has already closed (a replay after a crash) goes to the next one.
+    # window start -> [sum of the propensities in millionths, sessions]: integers, so the sum does not
+    # depend on the order the records arrived in (they come from every owner partition)
+    session_windows: dict = field(default_factory=dict)
     assoc: ItemAssociations = field(default_factory=ItemAssociations)
     trend: TrendModel = field(default_factory=TrendModel)
     series: dict = field(default_factory=dict)  # SERIES name -> TrendModel (views, carts, revenue)
@@ -172,7 +175,16 @@ class ItemState:
                 self.primary_windows[start] = self.primary_windows.get(start, 0) + 1
         return ACCEPTED
 
-    def apply_session(self, rec: dict) -> bool:
+    @property
+    def ec_since_close(self) -> float:
+        """Propensities of the sessions not yet handed to a ClosedWindow."""
+        return sum(v[0] for v in self.session_windows.values()) / 1e6
+
+    @property
+    def sessions_since_close(self) -> int:
+        return sum(v[1] for v in self.session_windows.values())
+
+    def apply_session(self, rec: dict, cfg: WindowConfig) -> bool:
         """Learn one closed session that touched this item (a record of
         :meth:`~.sessions.SessionSummary.item_records`); False for a repeat.
 
@@ -191,8 +203,16 @@ class ItemState:
         pp = rec.get("pp")
         if pp is not None:
             self.expected_conversions += pp
-            self.ec_since_close += pp
-            self.sessions_since_close += 1
+            start = cfg.start_of(rec["t"])
+            if self.closed_through is not None and start <= self.closed_through:
+                start = self.closed_through + cfg.size_ms
+            micro = round(pp * 1_000_000)  # the worker rounds propensities to 6 digits
+            acc = self.session_windows.get(start)
+            if acc is None:
+                self.session_windows[start] = [micro, 1]
+            else:
+                acc[0] += micro
+                acc[1] += 1
         return True
 
     def _apply_catalog(self, rec: dict, cfg: WindowConfig) -> None:
@@ -290,6 +310,12 @@ class ItemState:
                 m.learn_one(counts[j])
             before = self.closed_totals
             self.closed_totals = [a + b for a, b in zip(before, counts)]
+            ec, n_sessions = 0, 0
+            if self.session_windows:
+                for s in [s for s in self.session_windows if s <= start]:
+                    e, k = self.session_windows.pop(s)
+                    ec += e
+                    n_sessions += k
             self.n_closed += 1
             self.closed_through = start
             history = [list(windows.get(s, _ZERO)) for s in range(start - (cfg.keep_closed - 1) * size, start, size)
@@ -298,11 +324,7 @@ class ItemState:
                                     self.trend.forecast(), self.trend.slope(), self.trend.burst(),
                                     dict(zip(COUNTERS, before)), self.n_closed,
                                     None if before_fc is None else abs(before_fc - y),
-                                    self.stock_remaining_at(start, cfg), self.ec_since_close, self.sessions_since_close))
-            # Sessions that arrived since the previous ClosedWindow go to this one only (several windows
-            # closing at once: the later ones got none in between).
-            self.ec_since_close = 0.0
-            self.sessions_since_close = 0
+                                    self.stock_remaining_at(start, cfg), ec / 1e6, n_sessions, self.closed_totals[6]))
             start += size
         if self.closed_through != closed_before:
             self._prune(cfg, watermark_ms)
@@ -318,6 +340,8 @@ class ItemState:
         horizon = self.closed_through + cfg.size_ms
         if self.seen:
             self.seen = {k: t for k, t in self.seen.items() if t >= horizon}
+        if self.assoc.owner_prunes:
+            self.assoc.drop_windows_before(keep_from)
 
     # -- views ---------------------------------------------------------------------------
     def recent_windows(self, cfg: WindowConfig) -> list[dict]:
@@ -337,7 +361,7 @@ class ItemState:
             "series": {name: m.to_state() for name, m in self.series.items()},
             "signal_memory": self.signal_memory,
             "session_seen": self.session_seen, "expected_conversions": self.expected_conversions,
-            "ec_since_close": self.ec_since_close, "sessions_since_close": self.sessions_since_close,
+            "session_windows": {str(k): v for k, v in self.session_windows.items()},
         }
 
     @classmethod
@@ -353,6 +377,11 @@ class ItemState:
         if version in (3, 4, 5):
             # v5 -> v6: the views, carts and revenue trends start at the next window with events.
             d = {**d, "series": {}}
+        if version in (3, 4, 5, 6):
+            # v6 -> v7: the sessions not yet handed to a row go to the next window to close.
+            nxt = d["closed_through"] or 0  # at or before the next window to close: its row takes them
+            d = {**d, "session_windows": ({str(nxt): [round(d["ec_since_close"] * 1_000_000), d["sessions_since_close"]]}
+                                          if d["sessions_since_close"] else {})}
         elif version != STATE_VERSION:
             raise ValueError(f"item state version {version!r} is not {STATE_VERSION}")
         return cls(
@@ -365,5 +394,5 @@ class ItemState:
             trend=TrendModel.from_state(d["trend"]), series={k: TrendModel.from_state(v) for k, v in d["series"].items()},
             signal_memory=dict(d["signal_memory"]),
             session_seen=dict(d["session_seen"]), expected_conversions=d["expected_conversions"],
-            ec_since_close=d["ec_since_close"], sessions_since_close=d["sessions_since_close"],
+            session_windows={int(k): list(v) for k, v in d["session_windows"].items()},
         )

@@ -154,6 +154,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+MIN_BATCH_ROWS = 64  # see DemandScorer.predict_array
+
+
 class DemandScorer:
     """The trained MLP behind the scorer interface. ``device=None``: CUDA when available, else CPU."""
 
@@ -190,12 +193,18 @@ class DemandScorer:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.model.n_features:
             raise ValueError(f"feature rows must be (n, {self.model.n_features}), got {x.shape}")
+        n = x.shape[0]
+        if n < MIN_BATCH_ROWS:
+            # A row's prediction must not depend on what it was batched with (the same replay gives the
+            # same signals): on CPU, a handful of rows take another matrix kernel, whose sums round
+            # differently (up to ~1e-5 here); padded to MIN_BATCH_ROWS they take the same one as any batch.
+            x = np.concatenate([x, np.zeros((MIN_BATCH_ROWS - n, x.shape[1]), dtype=np.float32)])
         out = np.empty((x.shape[0], self.model.horizon), dtype=np.float32)
         with torch.inference_mode():
             for i in range(0, x.shape[0], self.batch_size):
                 xb = torch.from_numpy(x[i: i + self.batch_size]).to(self._device, non_blocking=True)
                 out[i: i + self.batch_size] = self.model.units(xb).cpu().numpy()
-        return out
+        return out[:n]
 
     def predict(self, rows, windows: list[ClosedWindow] | None = None) -> list[list[float] | None]:
         """Predicted units for the next HORIZON windows per row; None for a row with non-finite features."""

@@ -24,8 +24,10 @@ and as many carted items (more are counted in ``dropped_items`` but never stored
 is marked ``truncated``); a user holds at most ``max_open_sessions`` open sessions (opening one
 more closes the stalest at once, marked ``forced``) and ``max_orders`` recent orders. So one user
 state is at most about ``max_open_sessions * (max_events * ~40 B + 2 * max_items * ~40 B)``:
-with the defaults, 16 * (2,000 * 40 + 200 * 40) B ~ 1.4 MB for a pathological bot and a few
-hundred bytes for a real shopper.
+with the defaults, 64 * (2,000 * 40 + 200 * 40) B ~ 5.6 MB for a pathological bot and a few
+hundred bytes for a real shopper. The caps are generous because open sessions pile up whenever
+processing runs ahead of the watermark (a replay, a catch-up): a session forced closed early is
+learnt out of its turn, so the same replay would no longer give the same propensities.
 
 >>> cfg = SessionConfig(gap_ms=1_000, grace_ms=0)
 >>> u = UserSessions("u1")
@@ -68,8 +70,8 @@ class SessionConfig:
     grace_ms: int = 600_000  # the window grace: events this late still count, so closing waits for it
     max_items: int = 100  # distinct items kept per session, viewed and carted each
     max_events: int = 2_000  # event ids kept per session (dedupe); later events are dropped
-    max_open_sessions: int = 16  # per user; one more force-closes the stalest
-    max_orders: int = 64  # recent orders kept per user for the labels
+    max_open_sessions: int = 64  # per user; one more force-closes the stalest (see the module doc)
+    max_orders: int = 256  # recent orders kept per user for the labels
     max_recent_ends: int = 8  # end times of closed sessions kept for the recency feature ...
     recency_horizon_ms: int = 7 * 86_400_000  # ... for this long: a user silent longer is forgotten (recency None)
 
@@ -286,7 +288,9 @@ class UserSessions:
             return self.next_close_ms(cfg)
         due = [max(self.orders.values()) + cfg.gap_ms + cfg.grace_ms + 1] if self.orders else []
         if self.ends:
-            due.append(self.ends[-1] + cfg.recency_horizon_ms + 1)
+            # + grace: an event arriving after the key is dropped is then too late to start a session
+            # within the horizon of the ends it held
+            due.append(self.ends[-1] + cfg.recency_horizon_ms + cfg.grace_ms + 1)
         return max(due) if due else None
 
     def close(self, watermark_ms: int, cfg: SessionConfig) -> list[SessionSummary]:
@@ -317,7 +321,8 @@ class UserSessions:
         for o in self.sessions.values():
             if o.last_ts < first and (prev is None or o.last_ts > prev):
                 prev = o.last_ts
-        recency = (first - prev) / 1000.0 if prev is not None else None
+        # Beyond the horizon a previous session is forgotten (whenever the pruning ran): None.
+        recency = (first - prev) / 1000.0 if prev is not None and first - prev <= cfg.recency_horizon_ms else None
         ends = self.ends
         ends.append(s.last_ts)
         if len(ends) > 1:
@@ -334,8 +339,11 @@ class UserSessions:
         keep_from = min([watermark_ms - cfg.grace_ms - cfg.gap_ms] + [s.first_ts for s in self.sessions.values()])
         if self.orders and min(self.orders.values()) < keep_from:
             self.orders = {k: t for k, t in self.orders.items() if t >= keep_from}
-        if self.ends and self.ends[0] < watermark_ms - cfg.recency_horizon_ms:
-            self.ends = [e for e in self.ends if e >= watermark_ms - cfg.recency_horizon_ms]
+        # An end older than the horizon before every open session's start (and the watermark) gives no
+        # recency any more; one within it stays, however far this watermark step went.
+        oldest = min([watermark_ms] + [s.first_ts for s in self.sessions.values()]) - cfg.recency_horizon_ms
+        if self.ends and self.ends[0] < oldest:
+            self.ends = [e for e in self.ends if e >= oldest]
 
     def is_empty(self) -> bool:
         """Nothing left worth keeping: the owner may delete the key (the next event starts afresh)."""

@@ -10,9 +10,9 @@ also runs the user-session owners as the worker does: every accepted event also 
 :class:`~.propensity.PropensityModel` predicts each closed session's purchase propensity and
 then learns its label, and every item the session touched applies its record
 (:meth:`ItemState.apply_session`, with ``pp`` rounded to 6 digits like the worker's). The worker
-keeps one propensity model per partition of user keys; here there is one. In the worker a
-session's records travel through the routed topic, so they reach the items after the windows
-closed by the same watermark step: here too, sessions are closed after the windows.
+keeps one propensity model per partition of user keys; here there is one. The worker closes a
+window only once every partition's sessions closed by the same watermark have reached their items
+(its closing watermark): here too, sessions are closed before the windows.
 Off by default: the backtest runs its own session owners beside the simulator.
 """
 from __future__ import annotations
@@ -104,7 +104,7 @@ class Simulator:
                 n += 1
                 self.sessions_ordered += y
                 for item, rec in summary.item_records(round(p, 6)):
-                    self.state(item).apply_session(rec)
+                    self.state(item).apply_session(rec, self.cfg)
             nxt = u.next_due_ms(scfg)
             if nxt is None and u.is_empty():
                 del self.users[key]
@@ -128,15 +128,21 @@ class Simulator:
             out.extend(self.states[key].close_windows(self.cfg, self.watermark))
         return out
 
-    def run(self, events: Iterable) -> Iterator[ClosedWindow]:
-        """Learn events in order, closing windows as the watermark passes them."""
+    def run(self, events: Iterable, before_close: Callable[[], None] | None = None) -> Iterator[ClosedWindow]:
+        """Learn events in order, closing windows as the watermark passes them.
+
+        ``before_close`` runs after each event, before any window closes (sessions owned outside
+        the simulator, as the backtest keeps them).
+        """
         boundary = None
         for ev in events:
             self.learn(ev)
+            # Before the windows: the worker closes a window once the sessions closed by the same
+            # watermark have reached their items.
+            self.close_sessions()
+            if before_close is not None:
+                before_close()
             b = self.cfg.start_of(max(0, self.watermark - self.cfg.grace_ms))
             if boundary is None or b > boundary:
                 boundary = b
                 yield from self.close()
-            # After the windows: in the worker, sessions closed by this watermark step reach their
-            # items through the routed topic, after the windows the same step closed.
-            self.close_sessions()

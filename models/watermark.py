@@ -16,7 +16,7 @@ __all__ = ["PartitionMeta"]
 class PartitionMeta:
     """Per owner partition: where every input partition stands, and the items with events per open window.
 
-    The watermark is the minimum, over every clickstream/orders partition that holds time, of
+    The watermark is the minimum, over every input partition (clickstream, orders, catalog) that holds time, of
     the latest event time read from it (the max over every report heard: a report from a dead
     ingest keeps holding time back until the partition's next holder reports). It only moves
     once every input partition has been heard of, and never goes back.
@@ -47,7 +47,7 @@ class PartitionMeta:
                  propensity=None, session_totals=None):
         # "topic:partition" -> [max event time, idle, wall time of the latest report]
         self.parts: dict[str, list] = parts or {}
-        self.n_parts: int = n_parts  # input partitions that hold time (clickstream + orders)
+        self.n_parts: int = n_parts  # input partitions that hold time (clickstream, orders, catalog)
         self.watermark: int = watermark
         self.pending: dict[int, set] = pending or {}  # window start -> items with events in it
         self.due: DueIndex = due or DueIndex()  # user keys -> when one of their sessions may close

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -225,9 +226,16 @@ def cmd_demo(args) -> int:
         broker_url = args.broker
     web_port = args.web_port or free_port()
     data_dir = tempfile.mkdtemp(prefix="launchpulse-demo-")
-    env = dict(os.environ, LAUNCHPULSE_BROKER=broker_url, LAUNCHPULSE_WINDOW_SECONDS=os.environ.get(
+    env = dict(os.environ, LAUNCHPULSE_BROKER=broker_url, LAUNCHPULSE_PSEUDONYM_KEY=os.environ.get(
+        # A fixed key for the public demo data unless one is set: which owner partition (and so which
+        # partition's purchase-propensity model) a user's sessions fall to follows the pseudonym, so a
+        # per-run random key would make two runs of the same replay differ.
+        "LAUNCHPULSE_PSEUDONYM_KEY", "launchpulse-demo"), LAUNCHPULSE_WINDOW_SECONDS=os.environ.get(
         "LAUNCHPULSE_WINDOW_SECONDS", "86400"), LAUNCHPULSE_GRACE_SECONDS=os.environ.get("LAUNCHPULSE_GRACE_SECONDS", "3600"))
-    settings = Settings.from_env(broker=broker_url)
+    # The worker's windows (daily by default: the data are daily), for the end-of-replay check.
+    settings = dataclasses.replace(Settings.from_env(broker=broker_url),
+                                   window_ms=int(env["LAUNCHPULSE_WINDOW_SECONDS"]) * 1000,
+                                   grace_ms=int(env["LAUNCHPULSE_GRACE_SECONDS"]) * 1000)
     worker = None
     try:
         from .admin import ensure_topics
@@ -290,6 +298,9 @@ async def _demo_run(settings: Settings, events: list, batch: int, web_port: int,
         printed += got
         return got
 
+    size = settings.window_ms
+    last_ts = max(e["ts"] for e in events if isinstance(e.get("ts"), int))
+    last_window = (last_ts - settings.grace_ms) - (last_ts - settings.grace_ms) % size - size
     try:
         report = await replay(settings, events, batch=batch, total=len(events))
         log.info("replayed %s events in %s messages", report["events"], report["messages"])
@@ -308,8 +319,11 @@ async def _demo_run(settings: Settings, events: list, batch: int, web_port: int,
             if prog.get("state_error"):
                 log.error("the worker's state stage failed: %s", prog["state_error"])
                 return 1
-            # Done: every replayed event has its outcome counted, scoring is idle, nothing moved for 3 s.
-            done = prog["events_counted"] >= report["events"] and prog["score_queue"] == 0
+            # Done: every replayed event has its outcome counted, every window the replay lets close has
+            # closed (once the input is idle, the watermark reaches the last event), scoring is idle,
+            # nothing moved for 3 s.
+            done = (prog["events_counted"] >= report["events"] and prog["score_queue"] == 0
+                    and (prog.get("windows_closed_through_ms") or -1) >= last_window)
             snapshot = (prog["records_processed"], prog["signals_sent"])
             if done and snapshot == last:
                 quiet_since = quiet_since or time.monotonic()

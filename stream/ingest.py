@@ -49,6 +49,13 @@ class Ingest:
         # watermark is the minimum over every input partition, see partition_report).
         self.partition_max: dict[TopicPartition, int] = {}
         self.partition_heard: dict[TopicPartition, float] = {}  # monotonic time of its latest message
+        # When messages started coming again after every partition had been quiet for IDLE_PARTITION_S
+        # (or for the first time): each partition then gets IDLE_PARTITION_S to show its own data before
+        # it may count as idle. Otherwise, when a feed (or a replay) starts, the partitions whose first
+        # messages land a moment later count as idle, time runs ahead on the others, and their data
+        # is refused as late.
+        self.input_resumed_at = -1e9
+        self._last_message_at = -1e9
         self.instance = uuid.uuid4().hex[:12]  # names this ingest in the envelopes' watermarks
         self.consumer: AIOKafkaConsumer | None = None
         # A client of its own for end offsets: on the group consumer's connection a ListOffsets
@@ -191,7 +198,7 @@ class Ingest:
                 self.m.lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - (at if at is not None else 0)))
 
     async def partition_report(self) -> tuple[dict, int] | None:
-        """Where this ingest stands on each assigned clickstream/orders partition, for the owners' watermark.
+        """Where this ingest stands on each assigned input partition, for the owners' watermark.
 
         ``{"topic:partition": [max event time read, idle, wall time]}`` and the number of such
         partitions in the input topics. A partition is idle when nothing is unread (by the
@@ -201,13 +208,16 @@ class Ingest:
         asked for its end offset (owners weigh idleness against the newest data reported, see
         models.watermark.PartitionMeta). Owners keep the latest report per input partition (max
         of event times), so a partition's figure survives the death of the ingest that read it
-        until its next holder reports. Catalog records do not move time. None while topic
+        until its next holder reports. Catalog partitions hold time like the others while they
+        have data (a quiet catalog is idle): a catalog record (stock, launch date) reaches its
+        item before the windows after it close, so the same replay gives the same decisions. None while topic
         metadata is unknown.
         """
         c = self.consumer
         now = time.monotonic()
         wall = time.time()
-        clock_topics = (self.s.topic_clickstream, self.s.topic_orders)
+        catalog = self.s.topic_catalog
+        clock_topics = (self.s.topic_clickstream, self.s.topic_orders, catalog)
         n_total = 0
         for t in clock_topics:
             parts = c.partitions_for_topic(t)
@@ -237,7 +247,11 @@ class Ingest:
                         pos = self._start_offsets[tp] = (await c.committed(tp)) or 0
                     except Exception:  # unknown yet: pending
                         pos = -1
-            quiet = hw is not None and pos >= hw and now - self.partition_heard.get(tp, -1e9) >= IDLE_PARTITION_S
+            heard = max(self.partition_heard.get(tp, -1e9), self.input_resumed_at)
+            # A catalog partition is sparse: it holds time only while it has unread records (their
+            # windows wait for them), not for IDLE_PARTITION_S after each one, which on a replay let
+            # the other partitions run weeks of event time ahead of the closing windows.
+            quiet = hw is not None and pos >= hw and (now - heard >= IDLE_PARTITION_S or tp.topic == catalog)
             report[f"{tp.topic}:{tp.partition}"] = [self.partition_max.get(tp, 0), quiet, wall]
             if quiet:
                 positions[tp] = pos
@@ -267,10 +281,14 @@ class Ingest:
         now_ms = int(time.time() * 1000)
         part_max = self.partition_max
         parts_of = self._partition_of
+        if any(batches.values()):
+            t = time.monotonic()
+            if t - self._last_message_at >= IDLE_PARTITION_S:
+                self.input_resumed_at = t
+            self._last_message_at = t
         for tp, msgs in batches.items():
             topic = tp.topic
             kind = s.input_topics[topic]
-            tracks_time = kind != "catalog"  # catalog records are sparse state updates, not a clock
             m.messages.labels(topic).inc(len(msgs))
             for msg in msgs:
                 parsed = parse_message(msg.value, kind, self.pseudonymise)
@@ -280,7 +298,7 @@ class Ingest:
                 for ev in parsed.events:
                     # Lateness is judged by the owner against the watermark of every input partition;
                     # this stage sees only the partitions assigned to it.
-                    if tracks_time and ev.ts_ms > part_max.get(tp, 0):
+                    if ev.ts_ms > part_max.get(tp, 0):
                         part_max[tp] = ev.ts_ms
                     src = [topic, tp.partition, msg.offset]
                     for key, rec in route_event_extended(ev):

@@ -18,7 +18,7 @@ import faust
 import orjson
 
 from launchpulse.models import features
-from launchpulse.models.category import CategoryState, cadence_evidence
+from launchpulse.models.category import CategoryState, cadence_evidence, close_steps
 from launchpulse.models.decisions import (
     CADENCE_MODEL_VERSION,
     HOMOGENEITY_MODEL_VERSION,
@@ -61,6 +61,10 @@ N_TOTAL_TTL_S = 0.25
 # items), so it runs at most this fraction of the time; N is then staler, never behind (see n_orders_total).
 N_TOTAL_MAX_SHARE = 0.05
 CATEGORY_PRIOR_PREFIX = b"#category:"  # totals key of a category's cold-start prior
+# A category's published prior also keeps what it was after each of its last this-many closed windows:
+# a new item's trend starts from its category as of the window before its first (see _seed_new_item),
+# whenever its owner closes that first window.
+PRIOR_HISTORY_WINDOWS = 16
 
 
 def meta_keys(n_partitions: int, prefix: str = "#meta") -> list[bytes]:
@@ -132,6 +136,15 @@ class Worker:
         self.state_error = ""  # set when applying an envelope raised (a bug): the worker is unhealthy
         self.signals_sent = 0
         self.last_signal_monotonic = 0.0
+        self._owned_parts: list[int] | None = None  # routed partitions owned (see _owned)
+        # The priors of the categories closed here, as last published: the replica may briefly hand
+        # back an older record of a key this worker writes itself (see _TotalsView).
+        self.category_priors: dict[bytes, dict] = {}
+        # Session records and marks for the owner partitions, sent after the envelope that made them
+        # (see _send_routed); their delivery futures are awaited before the next acknowledgements.
+        self._routed_out: list[tuple[int, bytes]] = []
+        self._routed_futures: list = []
+        self._closed_through = -(1 << 62)  # the newest window _close_ready has closed
         self.app = app = FaustApp(
             s.app_id, broker=s.broker, datadir=str(s.data_dir), store="memory://",
             web_port=s.web_port, web_bind=s.web_host, web_host=s.advertised_host,
@@ -182,16 +195,22 @@ class Worker:
         # Write what was applied, and acknowledge it, while these partitions are still ours:
         # Faust does not replay envelopes of partitions that stay assigned across a rebalance,
         # so unwritten state dropped here would be lost.
-        if self.unacked or self.dirty_items or self.dirty_metas:
+        if self.unacked or self.dirty_items or self.dirty_metas or self._pending_writes:
             await self._flush()
         await self._delivered()
         self.cache.clear()
         self.metas.clear()
+        self.category_priors.clear()
+        self._owned_parts = None
+        self._closed_through = -(1 << 62)
 
     async def _on_assigned(self, *args, **kwargs) -> None:
         # Partitions may have moved in: read their state from the (recovered) tables again.
         self.cache.clear()
         self.metas.clear()
+        self.category_priors.clear()
+        self._owned_parts = None
+        self._closed_through = -(1 << 62)
 
     async def _on_recovered(self, *args, **kwargs) -> None:
         # Sent when table recovery is done, just before Faust resumes the routed partitions, seeks
@@ -218,6 +237,8 @@ class Worker:
                 self.state_error = f"state stage failed on an envelope: {type(e).__name__}: {e}"
                 log.exception("state stage failed on an envelope of partition %s", event.message.partition)
                 raise
+            if self._routed_out:  # before the envelope counts as applied: a flush meanwhile must not ack it
+                await self._send_routed()
             self.unacked.append(event)
             if (self.records_processed - self._flushed_records >= FLUSH_MAX_RECORDS
                     or time.monotonic() - self.last_flush >= self.flush_interval_s):
@@ -225,8 +246,21 @@ class Worker:
             if len(self.score_queue) >= self.s.score_max_rows:
                 self.score_wakeup.set()
 
+    async def _send_routed(self) -> None:
+        """Hand session records and marks to the producer straight away, in order per partition.
+
+        Not through Faust's send_soon buffer, where they would queue behind thousands of changelog
+        records and hold every owner's closing watermark back (windows then closed in bursts). The
+        flush that acknowledges the envelope behind them waits for their delivery first.
+        """
+        out, self._routed_out = self._routed_out, []
+        prod = self.app.producer._ensure_producer()
+        topic = self.s.routed_topic
+        for part, value in out:
+            self._routed_futures.append(await prod.send(topic, value, partition=part))
+
     async def _flush_timer(self) -> None:
-        if self.unacked:
+        if self.unacked or self._pending_writes:
             await self._flush()
 
     async def _flush(self) -> None:
@@ -270,6 +304,7 @@ class Worker:
             self.dirty_totals.clear()
             self.dirty_metas.clear()
             events, self.unacked = self.unacked, []
+            routed, self._routed_futures = self._routed_futures, []
             self._flushed_records = self.records_processed
             self.last_flush = time.monotonic()
             self.metrics.items_tracked.set(len(cache))
@@ -278,11 +313,11 @@ class Worker:
             # memory, written by the next flush). Deliveries go one after another, so a key's
             # changelog records keep their order; at most one waits behind the one under way.
             prev = self._delivery
-            self._delivery = asyncio.ensure_future(self._deliver(prev, state_records, meta_records, events))
+            self._delivery = asyncio.ensure_future(self._deliver(prev, state_records, meta_records, events, routed))
         if prev is not None and not prev.done():
             await prev
 
-    async def _deliver(self, prev, state_records: list, meta_records: list, events: list) -> None:
+    async def _deliver(self, prev, state_records: list, meta_records: list, events: list, routed: list = ()) -> None:
         """Send one flush's changelog records and acknowledge its envelopes once they are on the broker.
 
         Two phases: the partition metas (watermark, pending windows, sessions due) only once the
@@ -298,6 +333,8 @@ class Worker:
                 await prev
             for records in (state_records, meta_records):
                 await self._send_records(records)
+            if routed:
+                await asyncio.gather(*routed)  # session records and marks the envelopes led to
             for event in events:
                 await self.ack_stream.ack(event)
         except Exception as e:
@@ -367,7 +404,8 @@ class Worker:
                     key[len(CATEGORY_KEY_PREFIX):], new_windows=self.thresholds.new_item_windows)
             else:
                 st = ItemState.from_state(orjson.loads(raw)) if raw else ItemState(
-                    key, assoc=ItemAssociations(key, window_ms=self.cfg.size_ms, keep_windows=RECENT_WINDOWS))
+                    key, assoc=ItemAssociations(key, window_ms=self.cfg.size_ms, keep_windows=RECENT_WINDOWS,
+                                                owner_prunes=True))
             if len(self.cache) >= CACHE_MAX_ITEMS:
                 # Evict clean entries only; dirty ones are written at the next flush.
                 for k in [k for k in list(self.cache)[: CACHE_MAX_ITEMS // 5] if k not in self.dirty_items]:
@@ -413,7 +451,7 @@ class Worker:
             kind = type(st)
             if rec["k"] == "s":
                 # A closed session, from its user's owner: never late (it carries the close time).
-                if st.apply_session(rec):
+                if st.apply_session(rec, cfg):
                     dirty.add(key)
                     self.dirty_totals.add(key)
                 continue
@@ -471,35 +509,108 @@ class Worker:
         consumed_at = env.get("at", time.time())
         if meta.watermark > wm_before:
             self._close_sessions(meta, consumed_at)
-            if cfg.start_of(meta.watermark - cfg.grace_ms) > cfg.start_of(wm_before - cfg.grace_ms):
-                self._close_categories(meta, consumed_at)
-        closed = self._close_windows(meta)
-        if closed:
-            # Features and evidence are taken now, from the state as the window closes; only the
-            # scorer's prediction is added later, so results do not depend on scoring's timing.
-            # Latency is counted from when ingest read the input that moved the watermark.
-            n_total = self.n_orders_total()
-            n_views, n_carts = self._n_sessions
-            th = self.thresholds
-            for cw in closed:
-                if cw.forecast_abs_error is not None:
-                    m.forecast_error.observe(cw.forecast_abs_error)
-                ev = features.evidence(cw, cfg, None, self.totals_view, n_total)
-                # Published with the item's totals: cold-start partners of its category's new items.
-                # Counts, not lift: lift depends on N, which keeps growing after this close.
-                top = [[p, co, cw.state.assoc.n_item] for p, co in strongest_partners(cw.state.assoc)]
-                if top != self._published_top(cw.item_id):
-                    self.top_partners[cw.item_id] = top
-                    self.dirty_totals.add(cw.item_id)
-                nb = None
-                if ev.age_windows is not None and ev.age_windows <= th.new_item_windows and cw.state.assoc.n_view + cw.state.assoc.n_cart:
-                    nb = neighbourhood_evidence(cw.state.assoc, self.totals_view, n_total, self.view_counts, n_views,
-                                                self.cart_counts, n_carts, th)
-                self.score_queue.append((consumed_at, cw, features.feature_row(cw, cfg), ev, nb))
-            m.windows_closed.inc(len(closed))
+        self._close_ready(consumed_at)
         self.envelopes_processed += 1
         self.records_processed += len(recs)
         m.stage.labels("state").observe(time.perf_counter() - t0)
+
+    def _owned(self) -> list[int]:
+        """The routed partitions this worker owns (cached until the next rebalance)."""
+        owned = self._owned_parts
+        if owned is None:
+            topic = self.s.routed_topic
+            owned = self._owned_parts = sorted(tp.partition for tp in self.app.consumer.assignment()
+                                               if tp.topic == topic)
+        return owned
+
+    def _close_ready(self, consumed_at: float) -> None:
+        """Close, one window at a time, the windows the closing watermark has passed, and decide on them.
+
+        The closing watermark is the least watermark of the partitions this worker owns: by then
+        each of them has applied its input up to the window's end, closed the sessions that ended
+        by then and handed their records to their items (the owned ones directly, see
+        _close_sessions), and closed its categories' windows. Windows close in order, the same
+        window for every owned partition, so what a window's decisions read as of its end (an
+        item's own counts, N, its partners' baskets, its category's prior, its sessions) is exact
+        and the same whatever the timing of the run: the same replay gives the same signals on one
+        worker. With several workers, figures from another worker's items (their baskets, their
+        sessions, a category it owns) come through the replicated totals and the routed topic,
+        as of whenever they arrive (docs/design.md).
+        """
+        cfg = self.cfg
+        owned = self._owned()
+        if not owned:
+            return
+        closing = min(self._meta(p).watermark for p in owned)
+        newest = cfg.start_of(closing - cfg.grace_ms) - cfg.size_ms  # the newest closable window
+        if newest <= self._closed_through:
+            return
+        self._closed_through = newest
+        metas = [self._meta(p) for p in owned]
+        # Categories close at the same windows, before the items of the next: a new item's trend
+        # starts from its category as of the window before its first (_seed_new_item).
+        cat_steps: dict[int, list] = {}
+        for key in sorted({k for meta in metas for k in meta.categories}):
+            st = self._state(key)
+            if st.first_seen is not None:
+                start = cfg.start_of(st.first_seen) if st.closed_through is None else st.closed_through + cfg.size_ms
+                for w in close_steps(start, newest, st.windows, cfg.size_ms):
+                    cat_steps.setdefault(w, []).append(st)
+        ready = sorted({w for meta in metas for w in meta.pending if w <= newest} | set(cat_steps))
+        if not ready:
+            return
+        as_of = _AsOf(self, ready[0])
+        priors: dict[bytes, dict] = {}
+        for w in ready:
+            wm = w + cfg.size_ms + cfg.grace_ms  # closes exactly the windows up to w
+            for st in cat_steps.get(w, ()):
+                self._close_category(st, wm, priors, consumed_at)
+            keys: set[str] = set()
+            for meta in metas:
+                k = meta.pending.pop(w, None)
+                if k:
+                    keys |= k
+            closed: list[ClosedWindow] = []
+            for key in sorted(keys):
+                st = self._state(key)
+                if st.closed_through is None:
+                    self._seed_new_item(st)
+                closed.extend(st.close_windows(cfg, wm))
+            self.dirty_items |= keys
+            if closed:
+                self._decide_closed(closed, as_of, consumed_at)
+        for pkey, doc in priors.items():  # replicated once per step, not once per window
+            self._replica_write(pkey, doc)
+
+    def _decide_closed(self, closed: list[ClosedWindow], as_of: "_AsOf", consumed_at: float) -> None:
+        """Feature rows and evidence of windows that just closed, as of each window's end; the scorer
+        adds its prediction later, so results do not depend on scoring's timing. Latency is counted
+        from when ingest read the input that moved the watermark."""
+        m, cfg = self.metrics, self.cfg
+        n_total = self.n_orders_total()
+        n_views, n_carts = self._n_sessions
+        th = self.thresholds
+        for cw in closed:
+            if cw.forecast_abs_error is not None:
+                m.forecast_error.observe(cw.forecast_abs_error)
+            a = cw.state.assoc
+            if a.n_item >= DEFAULT_MIN_SUPPORT_COUNT:  # else no pair can reach the support floor: no bundle
+                ev = features.evidence(cw, cfg, None, as_of.baskets(cw.start_ms), as_of.n_orders(cw.start_ms),
+                                       assoc=a.as_of(cw.start_ms, DEFAULT_MIN_SUPPORT_COUNT))
+            else:
+                ev = features.evidence(cw, cfg, None)
+            # Published with the item's totals: cold-start partners of its category's new items.
+            # Counts, not lift: lift depends on N, which keeps growing after this close.
+            top = [[p, co, cw.state.assoc.n_item] for p, co in strongest_partners(cw.state.assoc)]
+            if top != self._published_top(cw.item_id):
+                self.top_partners[cw.item_id] = top
+                self.dirty_totals.add(cw.item_id)
+            nb = None
+            if ev.age_windows is not None and ev.age_windows <= th.new_item_windows and cw.state.assoc.n_view + cw.state.assoc.n_cart:
+                nb = neighbourhood_evidence(cw.state.assoc, self.totals_view, n_total, self.view_counts, n_views,
+                                            self.cart_counts, n_carts, th)
+            self.score_queue.append((consumed_at, cw, features.feature_row(cw, cfg), ev, nb))
+        m.windows_closed.inc(len(closed))
 
     def _cold_start(self, st: ItemState) -> None:
         """A brand-new item of a known category starts its trend from the category's (provisional).
@@ -512,6 +623,23 @@ class Worker:
         prior = self.totals.get(CATEGORY_PRIOR_PREFIX + st.category_id.encode())
         if prior is not None:
             st.trend = TrendModel.from_prior([prior["trend"]], scale=prior["scale"])
+
+    def _seed_new_item(self, st: ItemState) -> None:
+        """Before an item's first window closes: its trend starts from its category's as of the window
+        before its first (published by the category's owner, PRIOR_HISTORY_WINDOWS of them kept), so
+        the seed does not depend on when the item was first seen; without that window's prior, from
+        nothing. The seed of _cold_start (the category's latest) serves /trend until then."""
+        first = self.cfg.start_of(st.first_seen)
+        prior = None
+        if st.category_id is not None:
+            pkey = CATEGORY_PRIOR_PREFIX + st.category_id.encode()
+            doc = self.category_priors.get(pkey) or self.totals.get(pkey)
+            if doc is not None:
+                prior = doc.get("by_window", {}).get(str(first - self.cfg.size_ms))
+        if prior is not None:
+            st.trend = TrendModel.from_prior([prior["trend"]], scale=prior["scale"])
+        elif st.trend.seeded:
+            st.trend = TrendModel()
 
     def _published_top(self, item: str) -> list:
         """The item's strongest partners to publish: chosen at its latest close and not yet flushed,
@@ -558,25 +686,31 @@ class Worker:
 
     def _close_sessions(self, meta: PartitionMeta, consumed_at: float) -> None:
         """Close the sessions the watermark passed: learn purchase propensity (predict, then learn),
-        and send each touched item's owner the session's co-view / co-cart record."""
+        and hand each touched item the session's co-view / co-cart record: applied at once when this
+        worker owns the item (so it counts before the windows the same watermark closes), sent to
+        its owner through the routed topic otherwise."""
         scfg = self.session_cfg
         out: dict[int, list] = {}
+        summaries = []
         for key in meta.due.pop_due(meta.watermark):
             st = self._state(key)
-            for summary in st.close(meta.watermark, scfg):
-                x, y = summary.propensity_example()
-                p = meta.propensity.predict_proba_one(x)
-                self.propensity_score.update(y, p)
-                meta.propensity.learn_one(x, y)
-                meta.session_totals.add(summary)
-                self.metrics.sessions_closed.labels("ordered" if y else "not_ordered").inc()
-                for item, rec in summary.item_records(round(p, 6)):
-                    out.setdefault(self._partition(item), []).append(rec)
+            summaries.extend(st.close(meta.watermark, scfg))
             self.dirty_items.add(key)
             if st.is_empty():
                 self.deleted.add(key)
             else:
                 meta.due.push(key, st.next_due_ms(scfg))
+        # Predict-then-learn in one order whatever the watermark's steps were: by close time, then session.
+        summaries.sort(key=lambda sm: (sm.close_ms, sm.session_key))
+        for summary in summaries:
+            x, y = summary.propensity_example()
+            p = meta.propensity.predict_proba_one(x)
+            self.propensity_score.update(y, p)
+            meta.propensity.learn_one(x, y)
+            meta.session_totals.add(summary)
+            self.metrics.sessions_closed.labels("ordered" if y else "not_ordered").inc()
+            for item, rec in summary.item_records(round(p, 6)):
+                out.setdefault(self._partition(item), []).append(rec)
         score = self.propensity_score
         if score.n:
             auc, loss = score.auc(), score.logloss()
@@ -584,29 +718,50 @@ class Worker:
                 self.metrics.propensity_auc.set(auc)
             if loss is not None:
                 self.metrics.propensity_log_loss.set(loss)
+        owned = self._owned()
         for part, recs in out.items():
-            # Owners learn them like any routed record; no watermark report rides along.
-            self.routed.send_soon(value=orjson.dumps({"src": "sessions", "at": consumed_at, "r": recs}), partition=part)
+            if part in owned:
+                self._apply_sessions(recs)
+            else:  # owners learn them like any routed record; no watermark report rides along
+                self._routed_out.append((part, orjson.dumps({"src": "sessions", "at": consumed_at, "r": recs})))
 
-    def _close_categories(self, meta: PartitionMeta, consumed_at: float) -> None:
-        """Close every owned category's windows the watermark passed and decide its launch cadence."""
+    def _apply_sessions(self, recs: list) -> None:
+        cfg = self.cfg
+        for rec in recs:
+            key = rec["i"]
+            if self._state(key).apply_session(rec, cfg):
+                self.dirty_items.add(key)
+                self.dirty_totals.add(key)
+
+    def _close_category(self, st: CategoryState, watermark: int, priors: dict, consumed_at: float) -> None:
+        """Close a category's windows up to the one ``watermark`` closes, decide its launch cadence on
+        each, and keep the prior a new item of it starts from as of that window (the latest
+        PRIOR_HISTORY_WINDOWS; published at the end of the closing step, read locally at once)."""
         cfg, th = self.cfg, self.thresholds
-        for key in sorted(meta.categories):
-            st = self._state(key)
-            closed = st.close_windows(cfg, meta.watermark)
-            if not closed:
-                continue
-            self.dirty_items.add(key)
-            prior = st.prior_for_new_items(cfg)
-            if prior is not None:
-                self._replica_write(CATEGORY_PRIOR_PREFIX + st.category_id.encode(), prior)
-            mem = SignalMemory.from_state(st.signal_memory or None)
-            for cw in closed:
-                ev = cadence_evidence(st, cfg, th, window_start=cw.start_ms)
-                if ev is not None:
-                    for sig in decide_category(ev, mem, CADENCE_MODEL_VERSION, th):
-                        self._emit_soon(sig, consumed_at)
-            st.signal_memory = mem.to_state()
+        got = st.close_windows(cfg, watermark)
+        if not got:
+            return
+        mem = SignalMemory.from_state(st.signal_memory or None)
+        for cw in got:
+            ev = cadence_evidence(st, cfg, th, window_start=cw.start_ms)
+            if ev is not None:
+                for sig in decide_category(ev, mem, CADENCE_MODEL_VERSION, th):
+                    self._emit_soon(sig, consumed_at)
+        st.signal_memory = mem.to_state()
+        self.dirty_items.add(CATEGORY_KEY_PREFIX + st.category_id)
+        prior = st.prior_for_new_items(cfg)
+        pkey = CATEGORY_PRIOR_PREFIX + st.category_id.encode()
+        doc = self.category_priors.get(pkey) or self.totals.get(pkey) or {}
+        by_window = dict(doc.get("by_window", {}))
+        if prior is not None:
+            by_window[str(st.closed_through)] = {"trend": prior["trend"], "scale": prior["scale"]}
+            doc = prior
+        elif not by_window:
+            return
+        keep = sorted(by_window, key=int)[-PRIOR_HISTORY_WINDOWS:]
+        doc = {**doc, "by_window": {k: by_window[k] for k in keep}}
+        priors[pkey] = self.category_priors[pkey] = doc
+        self.totals.set_local(pkey, doc)
 
     def _emit_soon(self, sig: dict, enqueued: float) -> None:
         self.signals_topic.send_soon(key=sig["signal_id"].encode(), value=orjson.dumps(sig))
@@ -618,25 +773,6 @@ class Worker:
         self.recent_signals.append(sig)
         self.signals_sent += 1
         self.last_signal_monotonic = time.monotonic()
-
-    def _close_windows(self, meta: PartitionMeta) -> list[ClosedWindow]:
-        """Close the windows the watermark passed, for the items that had events in them.
-
-        Items without events are not visited, except once at their dormancy check, so the
-        cost follows activity, not catalogue size.
-        """
-        cfg = self.cfg
-        ready = sorted(s for s in meta.pending if cfg.closable(s, meta.watermark))
-        if not ready:
-            return []
-        keys: set[str] = set()
-        for s in ready:
-            keys |= meta.pending.pop(s)
-        closed: list[ClosedWindow] = []
-        for key in sorted(keys):
-            closed.extend(self._state(key).close_windows(cfg, meta.watermark))
-        self.dirty_items |= keys
-        return closed
 
     # -- scoring and decisions -----------------------------------------------------------
     def n_orders_total(self) -> int:
@@ -723,7 +859,8 @@ class Worker:
         sent = []
         for (enqueued, cw, _, ev, nb), pred in zip(batch, preds):
             ev = dataclasses.replace(ev, predicted_demand=None if pred is None else [float(x) for x in pred])
-            raw = self.memory.get(cw.item_id.encode())
+            key = cw.item_id.encode()
+            raw = _store(self.memory).get(key)
             mem = SignalMemory.from_state(orjson.loads(raw) if raw else None)
             for sig in decide_item(ev, mem, self.scorer.version, self.thresholds):
                 sent.append((enqueued, sig))
@@ -734,7 +871,8 @@ class Worker:
             # confirmations (a rule held for k windows in a row) that fire nothing themselves.
             after = orjson.dumps(mem.to_state())
             if after != (raw or orjson.dumps(SignalMemory().to_state())):
-                self.memory[cw.item_id.encode()] = after
+                # Into the table's store now, to the changelog with the next flush (batched, like states).
+                self._table_writes(self.memory, key, None, after)
         for enqueued, sig in sent:
             await self.signals_topic.send(key=sig["signal_id"].encode(), value=orjson.dumps(sig))
             self._count_signal(sig, enqueued)
@@ -787,7 +925,9 @@ class Worker:
             return web.json({"ingested_messages": worker.ingest.consumed, "records_processed": worker.records_processed,
                              "events_counted": worker.metrics.events_counted(), "state_error": worker.state_error,
                              "envelopes_processed": worker.envelopes_processed, "score_queue": len(worker.score_queue),
-                             "signals_sent": worker.signals_sent, "orders_total": worker.n_orders_total()})
+                             "signals_sent": worker.signals_sent, "orders_total": worker.n_orders_total(),
+                             # the newest window closed (and decided) on this worker's partitions, by start
+                             "windows_closed_through_ms": worker._closed_through if worker._closed_through >= 0 else None})
 
         @app.page("/signals/recent")
         async def recent(web, request):
@@ -862,6 +1002,89 @@ class Worker:
             return web.json({"item_id": item_id, "window_ms": worker.cfg.size_ms,
                              "windows": st.recent_windows(worker.cfg), **summarise(model),
                              "series": "units ordered per window" if series == "units" else f"{series} per window"})
+
+
+class _AsOf:
+    """Baskets as of the end of a window, for the windows one closing step decides on: N, and any
+    item's basket count (owned items from their state, the others from their replicated totals), as
+    the all-time figures less those of later windows. Every item keeps its windows after its last
+    closed one (and the worker closes windows in order), so the figures are exact for the owner's
+    items and for replicated items as far as the replica has caught up."""
+
+    __slots__ = ("_w", "_first", "_n_now", "_later", "baskets_cache")
+
+    def __init__(self, worker: "Worker", first: int):
+        self._w, self._first = worker, first
+        self._n_now: int | None = None
+        self._later: dict[int, int] = {}
+        # (item, window) -> baskets: nothing is applied while one closing step runs, and popular
+        # partners are asked about for many items
+        self.baskets_cache: dict[tuple, int | None] = {}
+
+    def _scan(self) -> None:
+        """N now and the primary orders per window after the first (once per closing step)."""
+        w, first = self._w, self._first
+        later: dict[int, int] = {}
+        cache = w.cache
+        n_now = 0
+        for k, v in w.totals.items():
+            if k[:1] == b"#" or type(cache.get(k.decode())) is ItemState:
+                continue
+            n_now += v[1]
+            if len(v) > 4:
+                for ws, (_, p) in v[4].items():
+                    ws = int(ws)
+                    if ws > first and p:
+                        later[ws] = later.get(ws, 0) + p
+        horizon = first + w.cfg.size_ms
+        for st in cache.values():
+            if type(st) is ItemState:
+                n_now += st.primary_orders
+                last = st.assoc.last_ts_ms
+                if last is not None and last >= horizon:
+                    for ws, p in st.primary_windows.items():
+                        if ws > first:
+                            later[ws] = later.get(ws, 0) + p
+        self._n_now, self._later = n_now, later
+
+    def n_orders(self, window_start: int) -> int:
+        """N as of the end of the window starting at ``window_start``."""
+        if self._n_now is None:
+            self._scan()
+        return self._n_now - sum(p for ws, p in self._later.items() if ws > window_start)
+
+    def baskets(self, window_start: int) -> "_BasketsAsOf":
+        return _BasketsAsOf(self, window_start)
+
+
+class _BasketsAsOf:
+    """Baskets holding an item as of the end of a window (see _AsOf)."""
+
+    __slots__ = ("_a", "_ws")
+
+    def __init__(self, as_of: _AsOf, window_start: int):
+        self._a, self._ws = as_of, window_start
+
+    def get(self, key: str, default=None):
+        ws = self._ws
+        cache = self._a.baskets_cache
+        got = cache.get((key, ws), cache)
+        if got is not cache:
+            return default if got is None else got
+        w = self._a._w
+        st = w.cache.get(key)
+        if type(st) is ItemState:
+            got = st.assoc.n_item - sum(row[6] for s, row in st.windows.items() if s > ws)
+        else:
+            v = w.totals.get(key.encode())
+            if v is None:
+                got = None
+            elif len(v) <= 4:
+                got = v[0]
+            else:
+                got = v[0] - sum(n for s, (n, _) in v[4].items() if int(s) > ws)
+        cache[(key, ws)] = got
+        return default if got is None else got
 
 
 class _RecentBaskets:

@@ -153,8 +153,13 @@ async def replay(settings: Settings, events: Iterable[dict], rate: float | None 
                 buf = pending.setdefault(topic, [])
                 buf.append(body)
                 if len(buf) >= batch:
-                    await send(topic, orjson.dumps(buf))
-                    pending[topic] = []
+                    # Every topic's batch goes with it, so no topic's events trail the others' by more
+                    # than one batch: a sparse topic (the catalog) held back until it filled its own
+                    # batch would reach the worker days of event time behind the rest of the replay.
+                    for t, b in pending.items():
+                        if b:
+                            await send(t, orjson.dumps(b))
+                    pending = {}
             sent += 1
             if rate:
                 lag = sent / rate - (time.monotonic() - t0)

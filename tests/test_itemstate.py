@@ -254,20 +254,26 @@ def orders_and_sessions(draw):
 
 @settings(max_examples=300, deadline=None)
 @given(orders_and_sessions(), st.integers(1, 5))
-def test_expected_conversions_since_previous_scored_window(events, close_every):
-    """Each session's propensity lands in exactly one row: the first ClosedWindow emitted after it arrived."""
+def test_expected_conversions_by_window_of_close_time(events, close_every):
+    """Each session's propensity lands in exactly one row: the first ClosedWindow (a window with events)
+    at or after the window of its close time, or after the item's last closed window when that one is
+    already closed; never in a row before, whatever the arrival order."""
     st_ = ItemState("x")
     pending: dict[int, set] = {}
     wm = 0
-    rows = []  # (ClosedWindow, pp of the sessions that arrived since the previous ClosedWindow)
-    arrived: list[float] = []
+    rows = []  # ClosedWindow
+    waiting: list[tuple[int, float]] = []  # (window the session belongs to, pp), not yet in a row
+    expected = []  # per row: the pp it must hold
     seen_sessions: set[str] = set()
     for i, ev in enumerate(events):
         if ev[0] == "s":
             _, sid, pp = ev
-            assert st_.apply_session(session_rec(sid, wm, pp)) == (sid not in seen_sessions)
+            assert st_.apply_session(session_rec(sid, wm, pp), CFG) == (sid not in seen_sessions)
             if sid not in seen_sessions and pp is not None:
-                arrived.append(pp)
+                w = CFG.start_of(wm)
+                if st_.closed_through is not None and w <= st_.closed_through:
+                    w = st_.closed_through + CFG.size_ms
+                waiting.append((w, pp))
             seen_sessions.add(sid)
         else:
             _, ts, oid, q = ev
@@ -283,18 +289,18 @@ def test_expected_conversions_since_previous_scored_window(events, close_every):
                 del pending[s]
             if ready:
                 for cw in st_.close_windows(CFG, wm):
-                    rows.append((cw, arrived))
-                    arrived = []
+                    rows.append(cw)
+                    expected.append([pp for w, pp in waiting if w <= cw.start_ms])
+                    waiting = [(w, pp) for w, pp in waiting if w > cw.start_ms]
         # state survives JSON at any point
         if i % 7 == 0:
             again = ItemState.from_state(orjson.loads(orjson.dumps(st_.to_state())))
             assert again.to_state() == st_.to_state()
             st_ = again
-    for cw, pps in rows:
+    for cw, pps in zip(rows, expected):
         assert cw.sessions == len(pps) and cw.expected_conversions == sum(pps)
-    assert st_.sessions_since_close == len(arrived) and st_.ec_since_close == sum(arrived)
-    total = [p for _, pps in rows for p in pps] + arrived
-    assert st_.expected_conversions == sum(total)
+    assert st_.sessions_since_close == len(waiting) and st_.ec_since_close == sum(pp for _, pp in waiting)
+    assert st_.expected_conversions == sum(pp for pps in expected for pp in pps) + sum(pp for _, pp in waiting)
 
 
 def test_expected_conversions_features_and_state_versions():
@@ -302,26 +308,34 @@ def test_expected_conversions_features_and_state_versions():
 
     st_ = ItemState("x")
     st_.apply(order_rec("a", 10), CFG)
-    assert st_.apply_session(session_rec("s1", 20, 0.5)) and st_.apply_session(session_rec("s2", 30, 0.25))
-    assert not st_.apply_session(session_rec("s1", 20, 0.5))  # a repeat
+    assert st_.apply_session(session_rec("s1", 20, 0.5), CFG) and st_.apply_session(session_rec("s2", 30, 0.25), CFG)
+    assert not st_.apply_session(session_rec("s1", 20, 0.5), CFG)  # a repeat
+    st_.apply_session(session_rec("s4", 1_500, 0.0625), CFG)  # closes in the second window: its row
     st_.apply(order_rec("b", 1010), CFG)
-    cw1, cw2 = st_.close_windows(CFG, 2_200)  # two windows close at once: the sessions go to the first
-    assert (cw1.expected_conversions, cw1.sessions, cw2.expected_conversions, cw2.sessions) == (0.75, 2, 0.0, 0)
+    cw1, cw2 = st_.close_windows(CFG, 2_200)  # two windows close at once: each takes its own sessions
+    assert (cw1.expected_conversions, cw1.sessions, cw2.expected_conversions, cw2.sessions) == (0.75, 2, 0.0625, 1)
     i = FEATURE_NAMES.index("log_expected_conversions")
     r1, r2 = feature_row(cw1, CFG), feature_row(cw2, CFG)
     assert r1[i] == pytest.approx(0.5596157879354227) and r1[FEATURE_NAMES.index("has_sessions")] == 1.0
-    assert r2[i] == 0.0 and r2[FEATURE_NAMES.index("has_sessions")] == 0.0
-    assert st_.expected_conversions == 0.75 and (st_.ec_since_close, st_.sessions_since_close) == (0.0, 0)
-    st_.apply_session(session_rec("s3", 2_300, 0.125))
+    assert r2[i] == pytest.approx(0.0606246218164348) and r2[FEATURE_NAMES.index("has_sessions")] == 1.0
+    # orders as of each window's end, not as of now
+    j = FEATURE_NAMES.index("log_total_orders")
+    assert (cw1.orders_through, cw2.orders_through) == (1.0, 2.0) and r1[j] == pytest.approx(0.6931471805599453)
+    assert st_.expected_conversions == 0.8125 and (st_.ec_since_close, st_.sessions_since_close) == (0.0, 0)
+    st_.apply_session(session_rec("s3", 300, 0.125), CFG)  # its window has closed: the next row takes it
     d = st_.to_state()
-    assert d["version"] == 6 and (d["ec_since_close"], d["sessions_since_close"]) == (0.125, 1)
+    assert d["version"] == 7 and d["session_windows"] == {"2000": [125_000, 1]}
     assert ItemState.from_state(orjson.loads(orjson.dumps(d))).to_state() == d
+    # a version-6 state (sessions since the previous row, by arrival) hands them to the next row
+    v6 = {k: v for k, v in d.items() if k != "session_windows"} | {"version": 6, "ec_since_close": 0.125,
+                                                                  "sessions_since_close": 1}
+    assert ItemState.from_state(v6).session_windows == {1000: [125_000, 1]}
     # a version-3 state (before these fields) loads with the since-close figures at zero
-    v3 = {k: v for k, v in d.items() if k not in ("ec_since_close", "sessions_since_close", "primary_windows", "series")} | {"version": 3}
+    v3 = {k: v for k, v in v6.items() if k not in ("ec_since_close", "sessions_since_close", "primary_windows", "series")} | {"version": 3}
     old = ItemState.from_state(v3)
-    assert (old.ec_since_close, old.sessions_since_close, old.expected_conversions) == (0.0, 0, 0.875)
+    assert (old.ec_since_close, old.sessions_since_close, old.expected_conversions) == (0.0, 0, 0.9375)
     # a version-4 state (before primary orders per window) loads with them empty
-    v4 = {k: v for k, v in d.items() if k not in ("primary_windows", "series")} | {"version": 4}
+    v4 = {k: v for k, v in v6.items() if k not in ("primary_windows", "series")} | {"version": 4}
     assert ItemState.from_state(v4).primary_windows == {} and ItemState.from_state(v4).series == {}
     with pytest.raises(ValueError, match="version"):
         ItemState.from_state({**d, "version": 99})

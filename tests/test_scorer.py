@@ -210,3 +210,13 @@ def test_bundled_artifact():
     assert ev["model"]["rmse"]["all"] < ev["last_window"]["rmse"]["all"]
     p = s.predict([[0.0] * len(FEATURE_NAMES)] * 3, [])
     assert len(p) == 3 and all(len(r) == HORIZON and min(r) >= 0 for r in p)
+
+
+def test_a_rows_prediction_does_not_depend_on_its_batch():
+    """The same row gives the same bits alone, in a small batch or in a large one (same replay, same
+    signals): tiny batches would otherwise take another CPU kernel that rounds differently."""
+    s = load_default_scorer(device="cpu")
+    x = np.random.default_rng(3).random((600, len(FEATURE_NAMES))).astype(np.float32) * 3
+    full = s.predict_array(x)
+    for start, n in ((0, 1), (7, 2), (100, 7), (3, 63), (0, 64), (5, 65), (11, 500)):
+        assert np.array_equal(s.predict_array(x[start:start + n]), full[start:start + n]), (start, n)
