@@ -6,12 +6,13 @@ backtest, so training and serving see identical features.
 Schema versions: 1, the window counts, history, trend, catalog and totals; 2 adds
 ``log_expected_conversions`` and ``has_sessions``, from the closed shopping sessions
 that touched the item (:attr:`ClosedWindow.expected_conversions` / ``sessions``):
-the sum of their predicted purchase propensities over the sessions whose records
-reached the item since its previous scored window closed. Sessions close ~30 min
-after their last event (plus the grace) and their records reach the item's owner
-after that, so they cannot be attributed to the window holding their events; each
-session counts in exactly one row, the first one scored after it arrived. An
-artifact trained on another schema version is refused (``scorer.check_metadata``).
+the sum of their predicted purchase propensities over the sessions whose close time
+(last event + the session gap) falls after the item's previous row's window and by
+the end of this one. A session closes ~30 min after its last event, so it is not
+attributed to the window holding its events; each session counts in exactly one row.
+Every figure of a row is as of its window's end, whenever the window is closed
+(``log_total_orders`` too): the same replay gives the same rows. An artifact trained
+on another schema version is refused (``scorer.check_metadata``).
 """
 from __future__ import annotations
 
@@ -49,8 +50,8 @@ FEATURES: dict[str, str] = {
     "has_stock": "1 when stock is known",
     "log_total_orders": "log1p(orders holding the item in every window up to the closed one's end)",
     "log_expected_conversions": "log1p(sum of the purchase propensities of the closed sessions touching the item "
-                                "that reached it since its previous scored window closed)",
-    "has_sessions": "1 when at least one such session (with a propensity) reached it",
+                                "whose close time falls after the previous row's window and by this window's end)",
+    "has_sessions": "1 when at least one such session (with a propensity) counts in this row",
 }
 FEATURE_NAMES = tuple(FEATURES)
 
