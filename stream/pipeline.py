@@ -65,6 +65,7 @@ CATEGORY_PRIOR_PREFIX = b"#category:"  # totals key of a category's cold-start p
 # a new item's trend starts from its category as of the window before its first (see _seed_new_item),
 # whenever its owner closes that first window.
 PRIOR_HISTORY_WINDOWS = 16
+CLOSE_SLICE_S = 0.05  # a closing step yields to the event loop at least this often
 
 
 def meta_keys(n_partitions: int, prefix: str = "#meta") -> list[bytes]:
@@ -145,6 +146,8 @@ class Worker:
         self._routed_out: list[tuple[int, bytes]] = []
         self._routed_futures: list = []
         self._closed_through = -(1 << 62)  # the newest window _close_ready has closed
+        self._consumed_at = 0.0
+        self._generation = 0  # bumped at every rebalance: a closing step that yielded across one stops
         self.app = app = FaustApp(
             s.app_id, broker=s.broker, datadir=str(s.data_dir), store="memory://",
             web_port=s.web_port, web_bind=s.web_host, web_host=s.advertised_host,
@@ -203,6 +206,7 @@ class Worker:
         self.category_priors.clear()
         self._owned_parts = None
         self._closed_through = -(1 << 62)
+        self._generation += 1
 
     async def _on_assigned(self, *args, **kwargs) -> None:
         # Partitions may have moved in: read their state from the (recovered) tables again.
@@ -211,6 +215,7 @@ class Worker:
         self.category_priors.clear()
         self._owned_parts = None
         self._closed_through = -(1 << 62)
+        self._generation += 1
 
     async def _on_recovered(self, *args, **kwargs) -> None:
         # Sent when table recovery is done, just before Faust resumes the routed partitions, seeks
@@ -231,6 +236,7 @@ class Worker:
         async for event in manual.events():
             try:
                 self._apply_envelope(event.message.partition, event.value)
+                await self._close_ready(self._consumed_at)
             except Exception as e:
                 # A bug, not bad input (that is dead-lettered by ingest): say so on /healthz and let
                 # Faust's supervisor restart the agent; the envelope is not acknowledged.
@@ -509,7 +515,7 @@ class Worker:
         consumed_at = env.get("at", time.time())
         if meta.watermark > wm_before:
             self._close_sessions(meta, consumed_at)
-        self._close_ready(consumed_at)
+        self._consumed_at = consumed_at  # when ingest read the input behind the windows this may close
         self.envelopes_processed += 1
         self.records_processed += len(recs)
         m.stage.labels("state").observe(time.perf_counter() - t0)
@@ -523,7 +529,7 @@ class Worker:
                                                if tp.topic == topic)
         return owned
 
-    def _close_ready(self, consumed_at: float) -> None:
+    async def _close_ready(self, consumed_at: float) -> None:
         """Close, one window at a time, the windows the closing watermark has passed, and decide on them.
 
         The closing watermark is the least watermark of the partitions this worker owns: by then
@@ -533,7 +539,9 @@ class Worker:
         window for every owned partition, so what a window's decisions read as of its end (an
         item's own counts, N, its partners' baskets, its category's prior, its sessions) is exact
         and the same whatever the timing of the run: the same replay gives the same signals on one
-        worker. With several workers, figures from another worker's items (their baskets, their
+        worker. A step can be long (a replay's first watermark closes weeks of windows at once), so
+        it yields to the event loop every CLOSE_SLICE_S: heartbeats, fetches, HTTP views and the
+        flush go on meanwhile (no envelope is applied until it is done). With several workers, figures from another worker's items (their baskets, their
         sessions, a category it owns) come through the replicated totals and the routed topic,
         as of whenever they arrive (docs/design.md).
         """
@@ -561,6 +569,8 @@ class Worker:
             return
         as_of = _AsOf(self, ready[0])
         priors: dict[bytes, dict] = {}
+        slice_end = time.monotonic() + CLOSE_SLICE_S
+        generation = self._generation
         for w in ready:
             wm = w + cfg.size_ms + cfg.grace_ms  # closes exactly the windows up to w
             for st in cat_steps.get(w, ()):
@@ -576,11 +586,28 @@ class Worker:
                 if st.closed_through is None:
                     self._seed_new_item(st)
                 closed.extend(st.close_windows(cfg, wm))
-            self.dirty_items |= keys
+                self.dirty_items.add(key)
+                if len(closed) >= 256:
+                    self._decide_closed(closed, as_of, consumed_at)
+                    closed = []
+                    if time.monotonic() >= slice_end:
+                        if not await self._yield_in_step(generation):
+                            return
+                        slice_end = time.monotonic() + CLOSE_SLICE_S
             if closed:
                 self._decide_closed(closed, as_of, consumed_at)
+            if time.monotonic() >= slice_end:
+                if not await self._yield_in_step(generation):
+                    return
+                slice_end = time.monotonic() + CLOSE_SLICE_S
         for pkey, doc in priors.items():  # replicated once per step, not once per window
             self._replica_write(pkey, doc)
+
+    async def _yield_in_step(self, generation: int) -> bool:
+        """Let the event loop run; False if partitions were revoked or assigned meanwhile: the step's
+        states and metas were flushed and dropped then, and the owners reload them to go on."""
+        await asyncio.sleep(0)
+        return generation == self._generation
 
     def _decide_closed(self, closed: list[ClosedWindow], as_of: "_AsOf", consumed_at: float) -> None:
         """Feature rows and evidence of windows that just closed, as of each window's end; the scorer
