@@ -1101,15 +1101,11 @@ class _BasketsAsOf:
         w = self._a._w
         st = w.cache.get(key)
         if type(st) is ItemState:
-            got = st.assoc.n_item - sum(row[6] for s, row in st.windows.items() if s > ws)
+            total = st.assoc.n_item
         else:
             v = w.totals.get(key.encode())
-            if v is None:
-                got = None
-            elif len(v) <= 4:
-                got = v[0]
-            else:
-                got = v[0] - sum(n for s, (n, _) in v[4].items() if int(s) > ws)
+            total = None if v is None else v[0]
+        got = None if total is None else total - (_baskets_between(w.totals, w.cache, key, ws + 1, None) or 0)
         cache[(key, ws)] = got
         return default if got is None else got
 
@@ -1124,14 +1120,20 @@ class _RecentBaskets:
         self._t, self._own, self._lo, self._hi = table, own, lo, hi
 
     def get(self, key: str, default=None):
-        lo, hi = self._lo, self._hi
-        st = self._own.get(key)
-        if type(st) is ItemState:
-            return sum(row[6] for w, row in st.windows.items() if lo <= w <= hi)
-        v = self._t.get(key.encode())
-        if v is None or len(v) <= 4:
-            return default
-        return sum(n for w, (n, _) in v[4].items() if lo <= int(w) <= hi)
+        got = _baskets_between(self._t, self._own, key, self._lo, self._hi)
+        return default if got is None else got
+
+
+def _baskets_between(table, own: dict, key: str, lo: int, hi: int | None) -> int | None:
+    """Baskets holding an item in the windows starting lo..hi (None: no upper bound): from its state
+    when this worker holds it, else from its replicated per-window counts (None when there are none)."""
+    st = own.get(key)
+    if type(st) is ItemState:
+        return sum(row[6] for w, row in st.windows.items() if lo <= w and (hi is None or w <= hi))
+    v = table.get(key.encode())
+    if v is None or len(v) <= 4:
+        return None
+    return sum(n for w, (n, _) in v[4].items() if lo <= int(w) and (hi is None or int(w) <= hi))
 
 
 def _store(table) -> dict:
