@@ -809,9 +809,10 @@ def render(out: dict) -> str:
         L.append(f"| full pipeline, {name}: ingest done / quiet (final signals, incl. 5 s idle-partition rule) | "
                  f"{r['ingest_s']:.1f} s / {r['quiet_s']:.1f} s ({r['events_per_s_to_quiet']:,.0f} events/s) |")
         c = r["counts"]
-        L.append(f"| {name}: accepted / duplicate / rejected / late; signals; windows closed | "
+        L.append(f"| {name}: accepted / duplicate / rejected / late; signals; windows closed; partitions paused ahead | "
                  f"{c['accepted']:,.0f} / {c['duplicate']:,.0f} / {c['rejected']:,.0f} / {c['late_events']:,.0f}; "
-                 f"{r['progress']['signals_sent']:,}; {c['windows_closed']:,.0f} |")
+                 f"{r['progress']['signals_sent']:,}; {c['windows_closed']:,.0f}; "
+                 f"{fmt(r['progress'].get('partition_pauses'), ',')} |")
         L.append(f"| {name}: worker peak RSS (VmHWM); worker CPU | {fmt(r['peak_rss_mib'], ',.0f')} MiB; "
                  f"{r['cpu_seconds']:.1f} s |")
     L.extend(render_live(out.get("live")))

@@ -15,6 +15,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
+from faust.types import TP
 import orjson
 
 from launchpulse.models import features
@@ -148,6 +149,11 @@ class Worker:
         self._closed_through = -(1 << 62)  # the newest window _close_ready has closed
         self._consumed_at = 0.0
         self._generation = 0  # bumped at every rebalance: a closing step that yielded across one stops
+        # Routed partitions paused for running ahead of the closing watermark (see _hold_ahead).
+        self._ahead_ms = s.max_ahead_windows * s.window_ms
+        self._paused: dict = {}  # TP -> None, in pause order
+        self._paused_closing = -1  # the closing watermark when the paused set was last checked
+        self.partition_pauses = 0
         self.app = app = FaustApp(
             s.app_id, broker=s.broker, datadir=str(s.data_dir), store="memory://",
             web_port=s.web_port, web_bind=s.web_host, web_host=s.advertised_host,
@@ -209,6 +215,11 @@ class Worker:
         self._generation += 1
 
     async def _on_assigned(self, *args, **kwargs) -> None:
+        # Faust keeps a paused partition paused across a rebalance that leaves it assigned, and the
+        # watermarks that paused it are dropped here: resume them (the revoked ones Faust forgot).
+        if self._paused:
+            held, self._paused = set(self._paused), {}
+            self.app.consumer.resume_partitions(held & set(self.app.consumer.assignment()))
         # Partitions may have moved in: read their state from the (recovered) tables again.
         self.cache.clear()
         self.metas.clear()
@@ -237,6 +248,8 @@ class Worker:
             try:
                 self._apply_envelope(event.message.partition, event.value)
                 await self._close_ready(self._consumed_at)
+                if self._ahead_ms:
+                    self._hold_ahead(event.message.partition)
             except Exception as e:
                 # A bug, not bad input (that is dead-lettered by ingest): say so on /healthz and let
                 # Faust's supervisor restart the agent; the envelope is not acknowledged.
@@ -603,6 +616,35 @@ class Worker:
         for pkey, doc in priors.items():  # replicated once per step, not once per window
             self._replica_write(pkey, doc)
 
+    def _hold_ahead(self, partition: int) -> None:
+        """Pause fetching an owned routed partition whose watermark runs more than max_ahead_windows
+        ahead of the closing watermark, and resume the paused ones once closing has caught up.
+
+        Windows close only at the least watermark of the owned partitions (_close_ready). Without
+        this, a catch-up or replay applies days of the partitions that fetch faster while the slowest
+        holds closing back: their items hold many open windows (and as-of partner counters), every
+        flush rewrites those bigger states, and closing comes in bursts. The least partition is
+        never paused, so closing always moves on; envelopes already fetched are still applied.
+        """
+        owned = self._owned()
+        if len(owned) < 2:
+            return
+        closing = min(self._meta(p).watermark for p in owned)
+        limit = self._ahead_ms
+        if self._paused and closing != self._paused_closing:
+            self._paused_closing = closing
+            go = [t for t in self._paused if self._meta(t.partition).watermark - closing <= limit]
+            if go:
+                for t in go:
+                    del self._paused[t]
+                self.app.consumer.resume_partitions(go)
+        tp = TP(self.s.routed_topic, partition)  # Faust's own type: its consumer asserts it
+        if tp not in self._paused and self._meta(partition).watermark - closing > limit:
+            self._paused[tp] = None
+            self._paused_closing = closing
+            self.partition_pauses += 1
+            self.app.consumer.pause_partitions([tp])
+
     async def _yield_in_step(self, generation: int) -> bool:
         """Let the event loop run; False if partitions were revoked or assigned meanwhile: the step's
         states and metas were flushed and dropped then, and the owners reload them to go on."""
@@ -953,6 +995,8 @@ class Worker:
                              "events_counted": worker.metrics.events_counted(), "state_error": worker.state_error,
                              "envelopes_processed": worker.envelopes_processed, "score_queue": len(worker.score_queue),
                              "signals_sent": worker.signals_sent, "orders_total": worker.n_orders_total(),
+                             # routed partitions paused now for running ahead of closing, and pauses so far
+                             "partitions_paused": len(worker._paused), "partition_pauses": worker.partition_pauses,
                              # the newest window closed (and decided) on this worker's partitions, by start
                              "windows_closed_through_ms": worker._closed_through if worker._closed_through >= 0 else None})
 

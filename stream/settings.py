@@ -62,6 +62,9 @@ class Settings:
     # state: dirty state is written (and its envelopes acknowledged) at least this often; longer
     # intervals coalesce more rewrites of busy items and replay more after a crash
     flush_interval_ms: int = 5000
+    # state: an owned routed partition whose watermark runs more than this many windows ahead of the
+    # closing watermark (the least of the owned ones) is paused until closing catches up; 0: never
+    max_ahead_windows: int = 2
     # Kafka security (passed to aiokafka and Faust)
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -92,6 +95,7 @@ class Settings:
             score_interval_ms=_env_int("LAUNCHPULSE_SCORE_INTERVAL_MS", 250),
             score_max_rows=_env_int("LAUNCHPULSE_SCORE_MAX_ROWS", 4096),
             flush_interval_ms=_env_int("LAUNCHPULSE_FLUSH_INTERVAL_MS", 5000),
+            max_ahead_windows=_env_int("LAUNCHPULSE_MAX_AHEAD_WINDOWS", 2),
             model_path=os.environ.get("LAUNCHPULSE_MODEL") or None,
             scorer=_env("LAUNCHPULSE_SCORER", "model"),
             security_protocol=_env("LAUNCHPULSE_SECURITY_PROTOCOL", "PLAINTEXT"),
@@ -114,6 +118,9 @@ class Settings:
             raise SystemExit(f"launchpulse: LAUNCHPULSE_SCORER must be 'model' or 'trend', not {self.scorer!r}")
         if not (10 <= self.flush_interval_ms <= 600_000):
             raise SystemExit(f"launchpulse: LAUNCHPULSE_FLUSH_INTERVAL_MS={self.flush_interval_ms} must be 10..600000")
+        if not (0 <= self.max_ahead_windows <= 10_000):
+            raise SystemExit(f"launchpulse: LAUNCHPULSE_MAX_AHEAD_WINDOWS={self.max_ahead_windows} must be 0..10000 "
+                             "(0: never pause a partition)")
         if not (0 < self.web_port < 65536):
             raise SystemExit(f"launchpulse: web port {self.web_port} is out of range")
         self._check_security()

@@ -6,6 +6,10 @@ What makes it hold (docs/design.md, "Decisions as of a window's end"): a worker 
 only once every owner partition has marked that its input and the sessions it closed have got past
 it, closes windows in order, and reads what a decision needs (an item's counts, N, a partner's
 baskets, the category's prior, the sessions by their close time) as of the window's end.
+
+The first worker never pauses a partition that runs ahead of its closing watermark
+(``LAUNCHPULSE_MAX_AHEAD_WINDOWS=0``), the second does (the default): pausing changes when envelopes
+are applied, never what a window's decisions read.
 """
 import asyncio
 import os
@@ -73,7 +77,8 @@ def test_same_replay_twice_same_signal_ids(deployment):
     runs = []
     for k in range(2):
         ns = "d" + uuid.uuid4().hex[:8]
-        env = {"LAUNCHPULSE_APP_ID": f"lp-{ns}", "LAUNCHPULSE_TOPIC_PREFIX": f"{ns}-", **DAILY}
+        env = {"LAUNCHPULSE_APP_ID": f"lp-{ns}", "LAUNCHPULSE_TOPIC_PREFIX": f"{ns}-", **DAILY,
+               "LAUNCHPULSE_MAX_AHEAD_WINDOWS": "0" if k == 0 else "2"}
         s = _settings({**deployment.environ, **env})
         asyncio.run(ensure_topics(s))
         runs.append((s, deployment.worker(data_dir=f"run-{k}", **env)))
