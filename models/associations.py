@@ -93,6 +93,7 @@ DEFAULT_CAPACITY = 8192
 DEFAULT_SESSION_CAPACITY = 2048
 #: Pairs below this co-count are never ranked.
 DEFAULT_MIN_SUPPORT_COUNT = 10
+HEAVY_COUNT = DEFAULT_MIN_SUPPORT_COUNT  # PartnerCounter indexes partners counted at least this often
 
 #: Complement / substitute rule (table-driven).  ``z`` is the hypergeometric
 #: z-score of the observed co-count against independence (see null_model_z).
@@ -145,7 +146,7 @@ class PartnerCounter:
     True
     """
 
-    __slots__ = ("capacity", "total", "evictions", "floor", "_count", "_error", "_buckets", "_heap")
+    __slots__ = ("capacity", "total", "evictions", "floor", "_count", "_error", "_buckets", "_heap", "_heavy")
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY):
         if int(capacity) < 1:
@@ -159,6 +160,9 @@ class PartnerCounter:
         # count -> ordered set of partners; built lazily at the first eviction
         self._buckets: dict[int, dict[str, None]] | None = None
         self._heap: list[int] = []
+        # Partners counted at least HEAVY_COUNT times, kept as counts grow (None: rebuilt by one scan
+        # when read): as-of readers with a support floor take them without scanning every partner.
+        self._heavy: dict[str, None] | None = {}
 
     # -- learning -----------------------------------------------------------
 
@@ -174,6 +178,8 @@ class PartnerCounter:
         if old is not None:
             new = old + count
             c[partner] = new
+            if new >= HEAVY_COUNT > old and self._heavy is not None:
+                self._heavy[partner] = None
             if self._buckets is not None:
                 self._move(partner, old, new)
             return
@@ -183,6 +189,8 @@ class PartnerCounter:
             c[partner] = base + count
             if base:
                 self._error[partner] = base
+            if base + count >= HEAVY_COUNT and self._heavy is not None:
+                self._heavy[partner] = None
             if self._buckets is not None:
                 self._bucket_add(partner, base + count)
             return
@@ -198,6 +206,8 @@ class PartnerCounter:
                 if old is not None:
                     c[p] = old + 1
                     self.total += 1
+                    if old + 1 == HEAVY_COUNT and self._heavy is not None:
+                        self._heavy[p] = None
                     continue
                 if len(c) < cap:
                     c[p] = 1
@@ -258,6 +268,10 @@ class PartnerCounter:
             self.floor = m
         self._count[partner] = m + count
         self._error[partner] = m
+        if self._heavy is not None:
+            self._heavy.pop(victim, None)
+            if m + count >= HEAVY_COUNT:
+                self._heavy[partner] = None
         self._bucket_add(partner, m + count)
 
     # -- reading ------------------------------------------------------------
@@ -289,6 +303,23 @@ class PartnerCounter:
         rows = [(p, n, e.get(p, 0)) for p, n in self._count.items() if n >= min_count]
         rows.sort(key=lambda r: (-r[1], r[0]))
         return rows
+
+    def heavy_counts(self, min_count: int = HEAVY_COUNT) -> dict[str, int]:
+        """``{partner: count}`` of the kept partners counted at least ``min_count`` (>= HEAVY_COUNT) times,
+        from the index kept as counts grow: no scan of every partner (a popular item has thousands).
+
+        >>> c = PartnerCounter()
+        >>> c.update(["a"] * 12 + ["b"] * 3)
+        >>> c.heavy_counts(), c.heavy_counts(12), PartnerCounter.from_state(c.to_state()).heavy_counts()
+        ({'a': 12}, {'a': 12}, {'a': 12})
+        """
+        if min_count < HEAVY_COUNT:
+            raise ValueError(f"min_count must be >= {HEAVY_COUNT}: fewer are not indexed")
+        c = self._count
+        h = self._heavy
+        if h is None:
+            h = self._heavy = {p: None for p, n in c.items() if n >= HEAVY_COUNT}
+        return {p: c[p] for p in h if c[p] >= min_count}
 
     def guarantee(self) -> dict:
         """Live guarantee figures: every partner with true count > ``kept_above`` is kept."""
@@ -333,6 +364,7 @@ class PartnerCounter:
         self.evictions = int(state["evictions"])
         self.floor = int(state["floor"])
         self._count = {p: int(n) for p, n in state["counts"].items()}
+        self._heavy = None
         self._error = {p: int(e) for p, e in state["errors"].items() if e}
         if self.evictions:
             self._build_buckets()
@@ -357,7 +389,12 @@ class PartnerCounter:
         """
         out = PartnerCounter(self.capacity)
         out.evictions, out.floor = self.evictions, self.floor
-        counts = dict(self._count) if min_count <= 0 else {p: n for p, n in self._count.items() if n >= min_count}
+        if min_count <= 0:
+            counts = dict(self._count)
+        elif min_count >= HEAVY_COUNT:
+            counts = self.heavy_counts(min_count)
+        else:
+            counts = {p: n for p, n in self._count.items() if n >= min_count}
         errors = {p: e for p, e in self._error.items() if p in counts}
         total = self.total
         for c in later:
@@ -380,6 +417,7 @@ class PartnerCounter:
         out.total = max(0, total)
         out._count = {p: n for p, n in counts.items() if n > 0}
         out._error = {p: e for p, e in errors.items() if e and p in out._count}
+        out._heavy = None
         if out.evictions:
             out._build_buckets()
         return out
@@ -427,6 +465,7 @@ class PartnerCounter:
             out._count[p] = n
             if err:
                 out._error[p] = err
+        out._heavy = None
         if out.evictions:
             out._build_buckets()
         return out

@@ -27,7 +27,8 @@ windows.
 
 **Bounds:** a window keeps at most ``max_items_per_window`` items (the rest are summed as
 established demand, ``overflow``), the launch calendar only items launched within the last
-``new_windows + history_windows`` windows (at most ``max_calendar``, newest kept),
+``new_windows + history_windows`` windows (older ones dropped in amortised sweeps; at most
+``max_calendar``, newest kept),
 ``history_windows`` closed windows (each with at most that many cohorts), and dedupe ids for the
 open windows only.
 
@@ -121,6 +122,8 @@ class CategoryState:
     signal_memory: dict = field(default_factory=dict)  # SignalMemory.to_state() of the category's signals
     series: dict = field(default_factory=dict)  # "views" / "carts" -> TrendModel, from the series' first non-zero window
     top_sellers: list = field(default_factory=list)  # items with the most units in the latest closed window with sales
+    _kept: list = field(default_factory=lambda: [0, 0], repr=False, compare=False)  # len(calendar), len(seen)
+    # after their latest prune (not state)
 
     # -- updates -------------------------------------------------------------------------
     def apply(self, rec: Mapping, cfg: WindowConfig) -> str:
@@ -260,10 +263,16 @@ class CategoryState:
         horizon = self.closed_through + cfg.size_ms
         # An item launched before every window still open or to come is no longer new, nor in a cohort
         # the evidence still compares.
+        # Amortised (a scan only once an index has doubled): an older launch counts in no window still
+        # to close, and an id older than the horizon is never looked up again (its record is late).
         oldest = horizon - self.calendar_windows() * cfg.size_ms
-        self.calendar = {k: v for k, v in self.calendar.items() if v[0] >= oldest}
-        if self.seen:
+        kept = self._kept
+        if len(self.calendar) > 2 * kept[0] + 64:
+            self.calendar = {k: v for k, v in self.calendar.items() if v[0] >= oldest}
+            kept[0] = len(self.calendar)
+        if len(self.seen) > 2 * kept[1] + 64:
             self.seen = {k: t for k, t in self.seen.items() if t >= horizon}
+            kept[1] = len(self.seen)
 
     # -- views ---------------------------------------------------------------------------
     def closed(self, cfg: WindowConfig) -> list[CategoryWindow]:

@@ -98,6 +98,7 @@ class ItemState:
     launched_at: int | None = None
     first_seen: int | None = None
     seen: dict = field(default_factory=dict)  # dedupe id -> ts, kept for the grace horizon
+    _seen_kept: int = field(default=0, repr=False, compare=False)  # len(seen) after its latest prune (not state)
     windows: dict = field(default_factory=dict)  # window start ms -> list of COUNTERS
     closed_through: int | None = None  # start of the last closed window
     totals: list = field(default_factory=lambda: [0.0] * len(COUNTERS))
@@ -338,8 +339,11 @@ class ItemState:
             del self.primary_windows[s]
         # An id whose window has closed cannot come back without being refused as late.
         horizon = self.closed_through + cfg.size_ms
-        if self.seen:
+        if len(self.seen) > 2 * self._seen_kept + 64:
+            # Amortised (a scan only once the ids have doubled): an id older than the horizon is never
+            # looked up again (its record is late before the dedupe check), so keeping it changes nothing.
             self.seen = {k: t for k, t in self.seen.items() if t >= horizon}
+            self._seen_kept = len(self.seen)
         if self.assoc.owner_prunes:
             self.assoc.drop_windows_before(keep_from)
 

@@ -131,6 +131,35 @@ def test_space_saving_guarantee_under_eviction(stream, capacity):
     check_guarantee(ctr, truth)
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(1, 6), st.booleans()), min_size=1, max_size=400),
+    st.integers(1, 40),
+)
+def test_heavy_index_equals_a_scan(stream, capacity):
+    """The index of partners counted >= HEAVY_COUNT times, kept as counts grow and through evictions,
+    is what a scan of every kept partner finds, and minus() reads the same through it."""
+    ctr, later = PartnerCounter(capacity), PartnerCounter(capacity)
+    for i, (p, w, batch) in enumerate(stream):
+        key = f"p{p % (1 + i % 17)}"
+        if batch:
+            ctr.update([key] * w)
+        else:
+            ctr.add(key, w)
+        if i % 3 == 0:
+            later.add(key, 1)
+        for m in (A.HEAVY_COUNT, A.HEAVY_COUNT + 5):
+            scan = {q: n for q, n, _ in ctr.items() if n >= m}
+            assert ctr.heavy_counts(m) == scan
+    restored = PartnerCounter.from_state(ctr.to_state())
+    assert restored.heavy_counts() == ctr.heavy_counts()
+    scanned = PartnerCounter.from_state(ctr.to_state())
+    scanned._heavy = None  # rebuilt by a scan
+    assert ctr.minus([later], A.HEAVY_COUNT).items() == scanned.minus([later], A.HEAVY_COUNT).items()
+    with pytest.raises(ValueError):
+        ctr.heavy_counts(A.HEAVY_COUNT - 1)
+
+
 def test_eviction_keeps_heavy_hitters_zipf():
     rng = random.Random(7)
     weights = [1.0 / (r + 1) for r in range(500)]
