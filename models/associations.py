@@ -395,23 +395,19 @@ class PartnerCounter:
             counts = self.heavy_counts(min_count)
         else:
             counts = {p: n for p, n in self._count.items() if n >= min_count}
-        errors = {p: e for p, e in self._error.items() if p in counts}
+        err = self._error
+        errors = {p: err[p] for p in (counts.keys() & err.keys())} if err else {}
         total = self.total
         for c in later:
             if c is None:
                 continue
             total -= c.total
             ce, cc = c._error, c._count
-            # from the smaller side: a window's counter against the kept partners
-            pairs = ((p, cc.get(p)) for p in counts) if len(counts) < len(cc) else cc.items()
-            for p, n in pairs:
-                if n is None:
-                    continue
-                cur = counts.get(p)
-                if cur is None:
-                    continue  # evicted (or below min_count) here: nothing to take from
+            # Only the partners kept on both sides (a set intersection, in C): a partner evicted or
+            # below min_count here has nothing to take from. Subtraction commutes, so order is moot.
+            for p in counts.keys() & cc.keys():
                 e = ce.get(p, 0)
-                counts[p] = cur - (n - e)
+                counts[p] -= cc[p] - e
                 if e:
                     errors[p] = errors.get(p, 0) + e
         out.total = max(0, total)
@@ -998,8 +994,11 @@ def strongest_partners(item_assoc: ItemAssociations, limit: int = 5,
     """
     if item_assoc.n_item < min_count:  # no partner can reach it (most closes)
         return []
-    counts = item_assoc.counter("buy")._count
-    rows = [(p, n) for p, n in counts.items() if n >= min_count]
+    buy = item_assoc.counter("buy")
+    if min_count >= HEAVY_COUNT:  # from the counter's index, not a scan of every partner
+        rows = list(buy.heavy_counts(min_count).items())
+    else:
+        rows = [(p, n) for p, n in buy._count.items() if n >= min_count]
     return heapq.nsmallest(limit, rows, key=lambda r: (-r[1], r[0]))
 
 
