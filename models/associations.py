@@ -321,6 +321,15 @@ class PartnerCounter:
             h = self._heavy = {p: None for p, n in c.items() if n >= HEAVY_COUNT}
         return {p: c[p] for p in h if c[p] >= min_count}
 
+    def counts_at_least(self, min_count: int) -> dict[str, int]:
+        """``{partner: count}`` of the kept partners counted at least ``min_count`` times (a new dict):
+        from the index when ``min_count >= HEAVY_COUNT``, else by a scan."""
+        if min_count >= HEAVY_COUNT:
+            return self.heavy_counts(min_count)
+        if min_count <= 0:
+            return dict(self._count)
+        return {p: n for p, n in self._count.items() if n >= min_count}
+
     def guarantee(self) -> dict:
         """Live guarantee figures: every partner with true count > ``kept_above`` is kept."""
         return {
@@ -389,12 +398,7 @@ class PartnerCounter:
         """
         out = PartnerCounter(self.capacity)
         out.evictions, out.floor = self.evictions, self.floor
-        if min_count <= 0:
-            counts = dict(self._count)
-        elif min_count >= HEAVY_COUNT:
-            counts = self.heavy_counts(min_count)
-        else:
-            counts = {p: n for p, n in self._count.items() if n >= min_count}
+        counts = self.counts_at_least(min_count)
         err = self._error
         errors = {p: err[p] for p in (counts.keys() & err.keys())} if err else {}
         total = self.total
@@ -994,11 +998,7 @@ def strongest_partners(item_assoc: ItemAssociations, limit: int = 5,
     """
     if item_assoc.n_item < min_count:  # no partner can reach it (most closes)
         return []
-    buy = item_assoc.counter("buy")
-    if min_count >= HEAVY_COUNT:  # from the counter's index, not a scan of every partner
-        rows = list(buy.heavy_counts(min_count).items())
-    else:
-        rows = [(p, n) for p, n in buy._count.items() if n >= min_count]
+    rows = list(item_assoc.counter("buy").counts_at_least(min_count).items())
     return heapq.nsmallest(limit, rows, key=lambda r: (-r[1], r[0]))
 
 

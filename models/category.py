@@ -122,8 +122,8 @@ class CategoryState:
     signal_memory: dict = field(default_factory=dict)  # SignalMemory.to_state() of the category's signals
     series: dict = field(default_factory=dict)  # "views" / "carts" -> TrendModel, from the series' first non-zero window
     top_sellers: list = field(default_factory=list)  # items with the most units in the latest closed window with sales
-    _kept: list = field(default_factory=lambda: [0, 0], repr=False, compare=False)  # len(calendar), len(seen)
-    # after their latest prune (not state)
+    _calendar_kept: int = field(default=0, repr=False, compare=False)  # len(calendar) after its latest prune
+    _seen_kept: int = field(default=0, repr=False, compare=False)  # len(seen) after its latest prune (neither is state)
 
     # -- updates -------------------------------------------------------------------------
     def apply(self, rec: Mapping, cfg: WindowConfig) -> str:
@@ -266,13 +266,12 @@ class CategoryState:
         # Amortised (a scan only once an index has doubled): an older launch counts in no window still
         # to close, and an id older than the horizon is never looked up again (its record is late).
         oldest = horizon - self.calendar_windows() * cfg.size_ms
-        kept = self._kept
-        if len(self.calendar) > 2 * kept[0] + 64:
+        if len(self.calendar) > 2 * self._calendar_kept + 64:
             self.calendar = {k: v for k, v in self.calendar.items() if v[0] >= oldest}
-            kept[0] = len(self.calendar)
-        if len(self.seen) > 2 * kept[1] + 64:
+            self._calendar_kept = len(self.calendar)
+        if len(self.seen) > 2 * self._seen_kept + 64:
             self.seen = {k: t for k, t in self.seen.items() if t >= horizon}
-            kept[1] = len(self.seen)
+            self._seen_kept = len(self.seen)
 
     # -- views ---------------------------------------------------------------------------
     def closed(self, cfg: WindowConfig) -> list[CategoryWindow]:
