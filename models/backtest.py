@@ -298,6 +298,67 @@ def _planted(signals: list[dict], truths: list[dict]) -> dict:
     return out
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion k/n (95% by default); None when n is 0.
+
+    >>> wilson_interval(9, 10)
+    (0.5958, 0.9821)
+    """
+    if n <= 0:
+        return None
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / d
+    return round(max(0.0, c - h), 4), round(min(1.0, c + h), 4)
+
+
+def pool_planted(per_seed: dict[int, dict], min_precision: float = 0.9, min_recall: float = 0.8) -> dict:
+    """Pool planted scores of several scenario seeds (``{seed: report["planted"]}``) per signal type.
+
+    Pooled precision = true-positive signals / signals over all seeds; pooled recall = truths hit /
+    truths. Each comes with its Wilson 95% interval, which treats signals (and truths) as independent:
+    they are not quite (one item can give several signals), so read it as a guide to the noise, not a
+    guarantee. ``seeds_meeting`` counts the seeds whose own precision and recall reach the targets (a
+    seed without signals of the type, or without truths, does not meet them).
+
+    >>> one = {"boost_exposure": {"status": "ok", "truths": 8, "signals": 10, "true_positive_signals": 9,
+    ...                           "truths_hit": 8, "precision": 0.9, "recall": 1.0}}
+    >>> two = {"boost_exposure": {"status": "ok", "truths": 8, "signals": 10, "true_positive_signals": 7,
+    ...                           "truths_hit": 6, "precision": 0.7, "recall": 0.75}}
+    >>> p = pool_planted({0: one, 1: two})["boost_exposure"]
+    >>> p["precision"], p["recall"], p["seeds_meeting"], p["worst_seed_precision"]
+    (0.8, 0.875, 1, [1, 0.7])
+    """
+    out: dict[str, dict] = {}
+    kinds: list[str] = []
+    for planted in per_seed.values():
+        kinds += [k for k in planted if k not in kinds]
+    for kind in kinds:
+        rows = {seed: p[kind] for seed, p in per_seed.items() if kind in p and p[kind]["status"] == "ok"}
+        if not rows:
+            out[kind] = {"status": "not implemented", "seeds": len(per_seed)}
+            continue
+        sig = sum(r["signals"] for r in rows.values())
+        tp = sum(r["true_positive_signals"] for r in rows.values())
+        tr = sum(r["truths"] for r in rows.values())
+        hit = sum(r["truths_hit"] for r in rows.values())
+        meeting = [s for s, r in rows.items() if r["precision"] is not None and r["recall"] is not None
+                   and r["precision"] >= min_precision and r["recall"] >= min_recall]
+        worst_p = min(((s, r["precision"]) for s, r in rows.items() if r["precision"] is not None),
+                      key=lambda x: x[1], default=None)
+        worst_r = min(((s, r["recall"]) for s, r in rows.items() if r["recall"] is not None),
+                      key=lambda x: x[1], default=None)
+        out[kind] = {"status": "ok", "seeds": len(rows), "truths": tr, "signals": sig, "true_positive_signals": tp,
+                     "truths_hit": hit, "precision": _ratio(tp, sig), "precision_ci95": wilson_interval(tp, sig),
+                     "recall": _ratio(hit, tr), "recall_ci95": wilson_interval(hit, tr),
+                     "seeds_meeting": len(meeting), "targets": {"precision": min_precision, "recall": min_recall},
+                     "seeds_missing_targets": sorted(set(rows) - set(meeting)),
+                     "worst_seed_precision": None if worst_p is None else list(worst_p),
+                     "worst_seed_recall": None if worst_r is None else list(worst_r)}
+    return out
+
+
 def _brief(s: dict) -> dict:
     if "category_id" in s:
         return {"category_id": s["category_id"], "window": s["window_index"]}

@@ -25,7 +25,11 @@ class Thresholds:
     boost_growth: float = 1.5  # window interest over the mean of the previous windows
     boost_rise_windows: int = 2  # interest above its previous windows' mean this many closed windows in a row (this
     # one included): a take-off is sustained, one noisy window is not
-    boost_min_conversion_ratio: float = 0.8  # conversion must hold: >= this x previous conversion
+    boost_min_conversion_ratio: float = 0.9  # conversion must hold: this window's, or the last two windows' pooled,
+    # >= this x the conversion before them (pooling two windows halves the noise of a window of 1-3 units)
+    boost_trend_windows: int = 6  # a take-off compounds: interest's growth is fitted over up to this many windows
+    boost_min_trend_windows: int = 4  # ... at least this many (this one included; WindowConfig.keep_closed >= this)
+    boost_min_trend_growth: float = 1.15  # ... and must reach this factor per window (a steady +6% riser does not)
     restock_lead_windows: int = 3  # stock must cover this many windows of predicted demand
     stock_min_history_windows: int = 7  # no stock judgement on a trend fitted to fewer windows
     overstock_cover_windows: int = 60  # remaining stock covers more than this many windows of demand
@@ -158,6 +162,13 @@ class Evidence:
     bundles: tuple = ()  # (partner_id, co_count, lift, confidence, support)
     own_windows: int = 0  # closed windows of the item's own history, this one included
     recent_mean_units: float = 0.0  # mean units over the latest closed windows, this one included
+    # The previous closed windows' interest (views + carts) and units, oldest first (up to
+    # WindowConfig.keep_closed - 1 of them, silent windows as 0), and the item's totals over every window
+    # closed before this one: boost_exposure's growth fit and pooled conversion read them.
+    prev_interest: tuple = ()
+    prev_units: tuple = ()
+    interest_before: float = 0.0
+    units_before: float = 0.0
 
 
 def _clamp01(x: float) -> float:
@@ -191,6 +202,38 @@ def _gate(memory: SignalMemory, key: str, kind: str, holds: bool, ev: Evidence, 
     return False
 
 
+def growth_per_window(series) -> float | None:
+    """Compounding growth per window of a count series (oldest first): exp of the least-squares slope of
+    log(1 + x). None for fewer than two points. The +1 keeps silent windows finite and damps noise at
+    small counts.
+
+    >>> round(growth_per_window([5.0, 6.5, 8.45, 10.99, 14.28]), 3)  # x1.3 a window, read a little lower
+    1.263
+    >>> growth_per_window([12, 12, 12, 12])
+    1.0
+    >>> growth_per_window([3]) is None
+    True
+    """
+    n = len(series)
+    if n < 2:
+        return None
+    ys = [math.log1p(max(0.0, x)) for x in series]
+    mx, my = (n - 1) / 2, sum(ys) / n
+    sxx = sum((i - mx) ** 2 for i in range(n))
+    return math.exp(sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sxx)
+
+
+def _conversion_now_and_before(ev: Evidence, last: int) -> tuple[float, float, float | None]:
+    """Interest and units of the ``last`` windows up to this one (pooled), and the conversion of every
+    window before them (None without interest before)."""
+    k = max(0, min(last - 1, len(ev.prev_interest)))
+    pi = sum(ev.prev_interest[len(ev.prev_interest) - k:]) if k else 0.0
+    pu = sum(ev.prev_units[len(ev.prev_units) - k:]) if k else 0.0
+    interest_before = ev.interest_before - pi
+    before = (ev.units_before - pu) / interest_before if interest_before > 0 else None
+    return ev.views + ev.carts + pi, ev.units + pu, before
+
+
 def decide_item(ev: Evidence, memory: SignalMemory, model_version: str, th: Thresholds = Thresholds()) -> list[dict]:
     """All item-level signals for one closed window, respecting hysteresis (memory is updated)."""
     out: list[dict] = []
@@ -209,18 +252,39 @@ def decide_item(ev: Evidence, memory: SignalMemory, model_version: str, th: Thre
         rising = memory.streak("boost_exposure:rising", interest > ev.prev_interest_mean)
     else:
         memory.streak("boost_exposure:rising", False)
+    trend = trend_n = None
+    conv_reason = "conversion holds (no interest before to compare with)"
     if is_new and interest >= th.boost_min_interest and ev.prev_interest_mean is not None:
         growth = interest / max(ev.prev_interest_mean, 1.0)
-        conv_ok = ev.prev_conversion is None or conversion is None or conversion >= th.boost_min_conversion_ratio * ev.prev_conversion
-        holds = growth >= th.boost_growth and conv_ok and rising >= th.boost_rise_windows
+        # It compounds: a log-linear fit over the last few windows, so one noisy window (or a steady
+        # riser's lagging mean) does not make a take-off.
+        series = (list(ev.prev_interest) + [interest])[-th.boost_trend_windows:]
+        trend_n = len(series)
+        trend = growth_per_window(series) if trend_n >= th.boost_min_trend_windows else None
+        # Conversion holds, in this window or in the last two pooled, against the conversion before them:
+        # a surge of views that units do not follow is not a take-off.
+        conv_ok = True
+        for last in (1, 2):
+            i_now, u_now, before = _conversion_now_and_before(ev, last)
+            if before is None:  # no interest before these windows: nothing to compare with
+                conv_ok, conv_reason = True, "conversion holds (no interest before to compare with)"
+                break
+            conv_ok = u_now >= th.boost_min_conversion_ratio * before * i_now
+            what = "this window" if last == 1 else "the last two windows"
+            conv_reason = f"conversion {u_now / i_now:.2f} over {what} against {before:.2f} before"
+            if conv_ok:
+                break
+        holds = (growth >= th.boost_growth and conv_ok and rising >= th.boost_rise_windows
+                 and trend is not None and trend >= th.boost_min_trend_growth)
     if _gate(memory, "boost_exposure", "boost_exposure", holds, ev, th):
         out.append(_sig(ev, "boost_exposure", 1 - 1 / growth, "Boost this new item's exposure in search and recommendations",
                         [f"new item ({ev.age_windows} windows since launch)",
                          (f"interest (views + add-to-carts) is {interest:g}, {growth:.1f}x the previous windows' mean of "
                           f"{ev.prev_interest_mean:.1f}, and rising for {rising} windows in a row"),
-                         "conversion holds" if conversion is None or ev.prev_conversion is None else f"conversion {conversion:.2f} against {ev.prev_conversion:.2f} before"] + catalog_note,
+                         f"interest compounds at x{trend:.2f} a window over the last {trend_n} windows",
+                         conv_reason] + catalog_note,
                         {"views": ev.views, "carts": ev.carts, "units": ev.units, "growth": round(growth, 4),
-                         "rising_windows": rising,
+                         "rising_windows": rising, "trend_growth": round(trend, 4), "trend_windows": trend_n,
                          "prev_interest_mean": round(ev.prev_interest_mean, 4), "conversion": conversion,
                          "prev_conversion": ev.prev_conversion, "age_windows": ev.age_windows, "burst": ev.burst},
                         model_version))

@@ -145,4 +145,8 @@ def evidence(cw: ClosedWindow, cfg: WindowConfig, predicted_demand: list | None,
         stock_remaining=stock_remaining(cw), predicted_demand=predicted_demand,
         demand_slope=cw.trend_slope, burst=cw.trend_burst, bundles=bundles,
         own_windows=cw.n_closed, recent_mean_units=sum(recent_units) / len(recent_units),
+        interest_before=(cw.totals_before["views"] + cw.totals_before["carts"]) if cw.totals_before else 0.0,
+        units_before=cw.totals_before["units"] if cw.totals_before else 0.0,
+        prev_interest=tuple(h[0] + h[1] for h in cw.history),
+        prev_units=tuple(h[COUNTERS.index("units")] for h in cw.history),
     )

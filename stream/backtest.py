@@ -18,7 +18,7 @@ import platform
 import sys
 from datetime import datetime, timezone
 
-from launchpulse.models.backtest import IMPLEMENTED, OutcomeRules, run_backtest
+from launchpulse.models.backtest import IMPLEMENTED, OutcomeRules, pool_planted, run_backtest
 from launchpulse.models.decisions import Thresholds
 from launchpulse.models.windows import WindowConfig
 from .argtypes import non_negative as _non_negative, positive as _positive
@@ -40,6 +40,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"use only the first N events (default: all scenario events; "
                         f"{DEFAULT_INSTACART_EVENTS:,} of instacart)")
     p.add_argument("--seed", type=_non_negative, default=0, help="scenario seed (default 0)")
+    p.add_argument("--seeds", type=_seed_list, default=None, metavar="SEEDS",
+                   help="score several scenario seeds and pool them per signal type, e.g. 0-25 or 0,3,7 "
+                        "(planted truths only: no outcome scoring, no baselines)")
+    p.add_argument("--jobs", type=_positive, default=1, help="with --seeds: seeds replayed in parallel (default 1)")
     p.add_argument("--windows", type=_positive, default=60, help="scenario length in windows (default 60, >= 40)")
     p.add_argument("--background", type=_non_negative, default=200, help="steady background items (default 200)")
     p.add_argument("--window-seconds", type=_positive, default=86_400,
@@ -54,6 +58,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument("--signals", action="store_true", help="with --json: include every signal")
     return p
+
+
+def _seed_list(v: str) -> list[int]:
+    """``0-25`` or ``0,3,7`` (or both: ``0-3,9``) as a sorted list of distinct seeds."""
+    seeds: set[int] = set()
+    for part in v.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{v!r}: seeds are integers or ranges such as 0-25 or 0,3,7") from None
+        if a < 0 or b < a:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a range of seeds >= 0")
+        seeds.update(range(a, b + 1))
+    return sorted(seeds)
 
 
 def load_scorer(kind: str = "auto"):
@@ -74,7 +94,82 @@ def load_scorer(kind: str = "auto"):
     return TrendScorer(), "trend scorer"
 
 
+def _planted_of_seed(seed: int, windows: int, background: int, window_ms: int, grace_ms: int,
+                     scorer_kind: str) -> tuple[int, dict, float]:
+    """One seed's planted scores (runs in a worker process under --jobs)."""
+    from launchpulse.models.scenarios import generate
+
+    cfg = WindowConfig(size_ms=window_ms, grace_ms=grace_ms)
+    events, truths = generate(seed=seed, n_windows=windows, n_background=background, window_ms=window_ms)
+    scorer, _ = load_scorer(scorer_kind)
+    report = run_backtest(events, cfg, scorer, Thresholds(), truths, baselines=False)
+    return seed, report["planted"], report["elapsed_s"]
+
+
+def run_seeds(args) -> int:
+    """``--seeds``: the planted scores of each seed, pooled per signal type."""
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    t0 = time.perf_counter()
+    params = (args.windows, args.background, args.window_seconds * 1000, args.grace_seconds * 1000, args.scorer)
+    per_seed: dict[int, dict] = {}
+    if args.jobs > 1:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            for seed, planted, _ in pool.map(_planted_of_seed, args.seeds, *[[x] * len(args.seeds) for x in params]):
+                per_seed[seed] = planted
+    else:
+        for seed in args.seeds:
+            per_seed[seed] = _planted_of_seed(seed, *params)[1]
+    pooled = pool_planted(per_seed)
+    report = {"source": f"scenarios seeds {args.seeds[0]}..{args.seeds[-1]} ({len(args.seeds)} seeds), "
+                        f"{args.windows} windows, {args.background} background items",
+              "seeds": args.seeds, "pooled": pooled,
+              "per_seed": {s: {k: {f: v.get(f) for f in ("truths", "signals", "precision", "recall")}
+                               for k, v in p.items()} for s, p in per_seed.items()},
+              "elapsed_s": round(time.perf_counter() - t0, 1),
+              "run_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "machine": f"{platform.node()} {platform.machine()} Python {platform.python_version()}"}
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=1, default=str) + "\n")
+    else:
+        sys.stdout.write(format_pooled(report))
+    return 0
+
+
+def format_pooled(r: dict) -> str:
+    lines = [f"launchpulse backtest: {r['source']}; {r['elapsed_s']} s", "",
+             "planted truths pooled over the seeds (95% Wilson intervals); seeds meeting precision >= 0.9 and "
+             "recall >= 0.8 on their own",
+             f"{'type':<22}{'truths':>7}{'signals':>9}{'prec':>7}{'   (95% CI)':<16}{'recall':>7}{'   (95% CI)':<16}"
+             f"{'seeds ok':>9}  worst seed (prec / recall)"]
+    for kind, v in r["pooled"].items():
+        if v["status"] != "ok":
+            lines.append(f"{kind:<22}   not implemented (no rule emits it yet)")
+            continue
+        pci = v["precision_ci95"] or ("-", "-")
+        rci = v["recall_ci95"] or ("-", "-")
+        wp, wr = v["worst_seed_precision"], v["worst_seed_recall"]
+        lines.append(f"{kind:<22}{v['truths']:>7}{v['signals']:>9}{_f(v['precision']):>7}"
+                     f"{'   (' + _f(pci[0]) + '-' + _f(pci[1]) + ')':<16}{_f(v['recall']):>7}"
+                     f"{'   (' + _f(rci[0]) + '-' + _f(rci[1]) + ')':<16}"
+                     f"{str(v['seeds_meeting']) + '/' + str(v['seeds']):>9}  "
+                     f"{'-' if wp is None else f'seed {wp[0]}: {wp[1]:.2f}'} / "
+                     f"{'-' if wr is None else f'seed {wr[0]}: {wr[1]:.2f}'}")
+    return "\n".join(lines) + "\n"
+
+
 def run(args) -> int:
+    if getattr(args, "seeds", None):
+        if args.dataset:
+            print("launchpulse backtest: --seeds scores planted scenarios; it cannot be used with --dataset",
+                  file=sys.stderr)
+            return 2
+        try:
+            return run_seeds(args)
+        except ValueError as e:  # the scenario generator refuses its parameters (e.g. too few windows)
+            print(f"launchpulse backtest: {e}", file=sys.stderr)
+            return 2
     cfg = WindowConfig(size_ms=args.window_seconds * 1000, grace_ms=args.grace_seconds * 1000)
     truths = None
     if args.dataset == "instacart":

@@ -168,6 +168,41 @@ def test_cli_prints_a_table(capsys):
     assert "not implemented" not in out
 
 
+
+def test_cli_pools_seeds_as_the_sum_of_single_seed_runs(capsys):
+    """--seeds replays each seed as --seed does and pools the counts: seed by seed, the planted scores equal the
+    single-seed command's; pooled, they are the sums."""
+    import json
+
+    from launchpulse.stream import backtest
+
+    small = ["--windows", "40", "--background", "20", "--scorer", "trend"]
+    assert backtest.main(["backtest", "--seeds", "1-2", "--jobs", "2", "--json", *small]) == 0
+    pooled = json.loads(capsys.readouterr().out)
+    assert pooled["seeds"] == [1, 2]
+    singles = {}
+    for seed in (1, 2):
+        assert backtest.main(["backtest", "--scenarios", "--seed", str(seed), "--no-baselines", "--json", *small]) == 0
+        singles[seed] = json.loads(capsys.readouterr().out)["planted"]
+    for kind, v in pooled["pooled"].items():
+        if v["status"] != "ok":
+            continue
+        for field in ("truths", "signals", "true_positive_signals", "truths_hit"):
+            assert v[field] == sum(singles[s][kind][field] for s in (1, 2)), (kind, field)
+        for s in (1, 2):
+            assert pooled["per_seed"][str(s)][kind]["precision"] == singles[s][kind]["precision"]
+        if v["signals"]:
+            assert v["precision"] == round(v["true_positive_signals"] / v["signals"], 4)
+            lo, hi = v["precision_ci95"]
+            assert lo <= v["precision"] <= hi
+    assert backtest.main(["backtest", "--seeds", "1", *small]) == 0
+    out = capsys.readouterr().out
+    assert "pooled over the seeds" in out and "boost_exposure" in out and "seeds ok" in out
+    # a bad list is refused with one line, not a traceback
+    with pytest.raises(SystemExit):
+        backtest.main(["backtest", "--seeds", "3-1"])
+    assert "not a range" in capsys.readouterr().err
+
 # -- the item rules behind the planted figures: noise allowances (docs/backtest.md, "Root causes") ---------------
 
 DAY_MS = 86_400_000
@@ -206,20 +241,43 @@ def test_evidence_window_count_matches_the_constant_the_rules_assume():
     assert decisions.DEMAND_RATE_WINDOWS == features.RECENT_DEMAND_WINDOWS + 1
 
 
-def test_boost_needs_a_sustained_rise_not_one_noisy_window():
-    new = {"prev_conversion": 0.15}
+def _series_evs(interest: list, units: list, launch_age: int = 0):
+    """One new item's closed windows, oldest first, with the evidence features.evidence builds: the previous
+    windows' interest and units, their totals and the mean of the last three."""
+    evs = []
+    for k, (i, u) in enumerate(zip(interest, units)):
+        prev_i, prev_u = tuple(interest[max(0, k - 7):k]), tuple(units[max(0, k - 7):k])
+        ib, ub = sum(interest[:k]), sum(units[:k])
+        evs.append(_item_ev(w=20 + k, age_windows=launch_age + k, own_windows=k + 1, views=i * 0.75, carts=i * 0.25,
+                            units=u, prev_interest_mean=(sum(prev_i[-3:]) / len(prev_i[-3:])) if prev_i else None,
+                            prev_conversion=ub / ib if ib else None, prev_interest=prev_i, prev_units=prev_u,
+                            interest_before=ib, units_before=ub))
+    return evs
 
-    def w(k, interest, prev, units):
-        return _item_ev(w=20 + k, age_windows=5 + k, own_windows=6 + k, views=interest * 0.75, carts=interest * 0.25,
-                        units=units, prev_interest_mean=prev, **new)
 
+def test_boost_needs_a_sustained_compounding_rise_with_conversion():
+    # a take-off: x1.35 a window from 6, conversion 0.15 (units rounded as sales are)
+    take_off = [6, 8, 11, 15, 20, 27]
+    out = _run(_series_evs(take_off, [1, 1, 2, 2, 3, 4]))
+    assert out[:3] == [[], [], []]  # too few windows to fit a growth rate, however steep
+    assert ["boost_exposure"] in out[3:]
+    [sig] = [s for s in _signals_seq(_series_evs(take_off, [1, 1, 2, 2, 3, 4])) if s["type"] == "boost_exposure"]
+    assert sig["evidence"]["trend_growth"] >= 1.15 and sig["evidence"]["trend_windows"] >= 4
+    assert any("compounds" in r for r in sig["reasons"]) and any("conversion" in r for r in sig["reasons"])
     # a flat item at ~14 a window: a dip, then a 1.6x spike right after it: no take-off
-    assert _run([w(0, 15, 14, 2), w(1, 10, 14.5, 2), w(2, 21, 13, 3)]) == [[], [], []]
-    # a take-off: interest above its previous mean two windows in a row, the second 1.7x, conversion holding
-    out = _run([w(0, 15, 14, 2), w(1, 20, 14, 3), w(2, 28, 16.3, 4)])
-    assert out == [[], [], ["boost_exposure"]]
-    [sig] = [s for s in _signals_seq([w(0, 15, 14, 2), w(1, 20, 14, 3), w(2, 28, 16.3, 4)]) if s]
-    assert sig["evidence"]["rising_windows"] == 3 and sig["reasons"]
+    assert _run(_series_evs([14, 15, 13, 14, 10, 21], [2, 2, 2, 2, 2, 3])) == [[]] * 6
+    # a steady riser (+6% a window) whose last window is 1.5x its mean by noise: it does not compound fast enough
+    riser = [53, 56, 60, 63, 67, 70, 74, 118]
+    assert _run(_series_evs(riser, [x * 0.15 for x in riser]))[-1] == []
+    # a view surge that units do not follow (3 a window throughout): conversion falls, no boost
+    surge = [15, 15, 15, 15, 15, 45, 58, 76, 99]
+    assert _run(_series_evs(surge, [3] * 9)) == [[]] * 9
+    # one window's units low by chance (1 of 20), the two windows pooled hold: the take-off still counts
+    evs = _series_evs([6, 8, 11, 12, 20], [1, 1, 2, 4, 1])
+    out = _run(evs)
+    assert out[-1] == ["boost_exposure"], out
+    [sig] = [s for s in _signals_seq(evs) if s["type"] == "boost_exposure"]
+    assert "the last two windows" in sig["reasons"][3]
 
 
 def _signals_seq(evs):

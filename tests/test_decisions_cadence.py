@@ -106,11 +106,13 @@ def test_cadence_hysteresis_and_deterministic_ids():
 def test_existing_threshold_defaults_are_unchanged():
     d = {f.name: f.default for f in dataclasses.fields(Thresholds)}
     assert {k: d[k] for k in ("new_item_windows", "boost_min_interest", "boost_growth", "boost_min_conversion_ratio",
+                              "boost_trend_windows", "boost_min_trend_windows", "boost_min_trend_growth",
                               "restock_lead_windows", "stock_min_history_windows", "overstock_cover_windows",
                               "overstock_min_age_windows", "overstock_confirm_windows", "bundle_min_co_count",
                               "bundle_min_lift", "bundle_max_per_item", "cooldown_windows", "reminder_windows",
                               "opposite_hold_windows")} == {
-        "new_item_windows": 14, "boost_min_interest": 10.0, "boost_growth": 1.5, "boost_min_conversion_ratio": 0.8,
+        "new_item_windows": 14, "boost_min_interest": 10.0, "boost_growth": 1.5, "boost_min_conversion_ratio": 0.9,
+        "boost_trend_windows": 6, "boost_min_trend_windows": 4, "boost_min_trend_growth": 1.15,
         "restock_lead_windows": 3, "stock_min_history_windows": 7, "overstock_cover_windows": 60,
         "overstock_min_age_windows": 7, "overstock_confirm_windows": 4, "bundle_min_co_count": 10,
         "bundle_min_lift": 3.0, "bundle_max_per_item": 3, "cooldown_windows": 3, "reminder_windows": 28,
