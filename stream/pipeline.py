@@ -153,7 +153,9 @@ class Worker:
         self._ahead_ms = s.max_ahead_windows * s.window_ms
         self._paused: dict = {}  # TP -> None, in pause order
         self._paused_closing = -1  # the closing watermark when the paused set was last checked
+        self._stall_mark: int | None = None  # the closing watermark at the previous flush timer tick
         self.partition_pauses = 0
+        self.pause_releases = 0
         self.app = app = FaustApp(
             s.app_id, broker=s.broker, datadir=str(s.data_dir), store="memory://",
             web_port=s.web_port, web_bind=s.web_host, web_host=s.advertised_host,
@@ -279,8 +281,29 @@ class Worker:
             self._routed_futures.append(await prod.send(topic, value, partition=part))
 
     async def _flush_timer(self) -> None:
+        if self._paused:
+            self._release_if_stalled()
+        else:
+            self._stall_mark = None
         if self.unacked or self._pending_writes:
             await self._flush()
+
+    def _release_if_stalled(self) -> None:
+        """Resume every paused partition when the closing watermark has not moved for a whole flush
+        interval. A paused partition is resumed only as envelopes of the others move closing on
+        (_hold_ahead); when the least partition has nothing more to deliver (its share of the feed is
+        through, or its fetches are still coming back after a broker outage), nothing would ever move
+        it, and the paused partitions' envelopes would wait unread. Pausing saves memory; it must
+        never hold records back, so it gives way here and may pause again on later envelopes."""
+        owned = self._owned()
+        closing = min((self._meta(p).watermark for p in owned), default=None)
+        if closing is not None and closing == self._stall_mark:
+            held, self._paused = list(self._paused), {}
+            assigned = set(self.app.consumer.assignment())
+            self.pause_releases += 1
+            self.app.consumer.resume_partitions([t for t in held if t in assigned])
+            closing = None
+        self._stall_mark = closing
 
     async def _flush(self) -> None:
         """Write every dirty item, total and partition meta once, then acknowledge their envelopes.
@@ -625,7 +648,8 @@ class Worker:
         holds closing back, and their items hold those open windows (and as-of partner counters) in
         memory meanwhile (measured: lower peak memory, same time to the final signals). The least
         partition is never paused, so closing always moves on; envelopes already fetched are still
-        applied. Opt-in (LAUNCHPULSE_MAX_AHEAD_WINDOWS): see docs/design.md for the outage test it fails.
+        applied. If closing stops moving for a flush interval while partitions are paused, they are all
+        resumed (_release_if_stalled). LAUNCHPULSE_MAX_AHEAD_WINDOWS (default 2; 0 turns it off).
         """
         owned = self._owned()
         if len(owned) < 2:
@@ -998,6 +1022,7 @@ class Worker:
                              "signals_sent": worker.signals_sent, "orders_total": worker.n_orders_total(),
                              # routed partitions paused now for running ahead of closing, and pauses so far
                              "partitions_paused": len(worker._paused), "partition_pauses": worker.partition_pauses,
+                             "pause_releases": worker.pause_releases,
                              # the newest window closed (and decided) on this worker's partitions, by start
                              "windows_closed_through_ms": worker._closed_through if worker._closed_through >= 0 else None})
 
