@@ -649,7 +649,8 @@ class Worker:
         memory meanwhile (measured: lower peak memory, same time to the final signals). The least
         partition is never paused, so closing always moves on; envelopes already fetched are still
         applied. If closing stops moving for a flush interval while partitions are paused, they are all
-        resumed (_release_if_stalled). LAUNCHPULSE_MAX_AHEAD_WINDOWS (default 2; 0 turns it off).
+        resumed (_release_if_stalled). Opt-in (LAUNCHPULSE_MAX_AHEAD_WINDOWS, default 0): see docs/design.md
+        for the outage test it still fails at times.
         """
         owned = self._owned()
         if len(owned) < 2:

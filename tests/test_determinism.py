@@ -8,7 +8,7 @@ it, closes windows in order, and reads what a decision needs (an item's counts, 
 baskets, the category's prior, the sessions by their close time) as of the window's end.
 
 The first worker never pauses a partition that runs ahead of its closing watermark
-(``LAUNCHPULSE_MAX_AHEAD_WINDOWS=0``), the second does (2 windows, the default): pausing changes
+(``LAUNCHPULSE_MAX_AHEAD_WINDOWS=0``, the default), the second does (2 windows, opt-in): pausing changes
 when envelopes are applied, never what a window's decisions read.
 """
 import asyncio

@@ -375,12 +375,13 @@ ITEMS = GROUP_A + GROUP_B
 
 
 def _clicks() -> list:
-    """Event time from 9:00: two quiet windows (interest 2, then 3), a surge for group A, a surge for group B,
-    then background. A boost needs interest above its previous mean two windows in a row (the second
-    with the surge), so every item's interest already rises a little from 9:00 to 10:00."""
+    """Event time from 8:00: three quiet windows (interest 2, 2, then 3), a surge for group A, a surge for
+    group B, then background. A boost needs interest above its previous mean two windows in a row (the
+    second with the surge), so every item's interest already rises a little from 9:00 to 10:00, and at
+    least 4 windows to fit its growth on, so the surge comes in an item's 4th window at the earliest."""
     plan = []
     for item in ITEMS:
-        plan += [(item, BASE_TS + m * MIN, "view") for m in (-55, -50, 5, 10, 20)]
+        plan += [(item, BASE_TS + m * MIN, "view") for m in (-115, -110, -55, -50, 5, 10, 20)]
         for hour, group in ((1, GROUP_A), (2, GROUP_B)):
             if item in group:
                 plan += [(item, BASE_TS + hour * 60 * MIN + j * 150_000, ("view", "add_to_cart")[j % 2]) for j in range(20)]
@@ -495,7 +496,7 @@ def test_every_panel_query_has_data_from_a_live_worker(deployment, tmp_path):
         _wait("prometheus ready", prom.ready, 20, prom.tail)
         _wait("the first scrape", lambda: prom.query('up{job="launchpulse"} == 1'), 20, prom.tail)
 
-        # Phase 1: up to 13:05 closes the windows of 9:00, 10:00 and 11:00 (group A's surge: boost signals).
+        # Phase 1: up to 13:05 closes the windows of 8:00 to 11:00 (group A's surge: boost signals).
         hour = 60 * MIN
         asyncio.run(_produce(s, _feed(s, 0, BASE_TS + 3 * hour + 5 * MIN) + _broken(s)))
         _wait("signals", lambda: w.metric("launchpulse_signals_total") > 0, 45, lambda: _counts(w))

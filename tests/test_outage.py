@@ -150,7 +150,11 @@ def test_worker_and_replay_ride_out_a_30s_broker_outage(deployment, proxied_brok
     up_again = health.first(t_up, lambda r: r[1] == 200)
     during = [r for r in health.rows if down and down[0] <= r[0] <= t_up]
     reasons = Counter(r[2] for r in during if r[1] != 200)
-    summary = {"cut_connections": cut, "progress_before": before, "replay": report,
+    try:
+        after = progress()
+    except OSError as e:
+        after = repr(e)
+    summary = {"cut_connections": cut, "progress_before": before, "progress_after": after, "replay": report,
                "unhealthy_after_s": down and round(down[0] - t_down, 2), "reasons": dict(reasons),
                "healthy_again_after_s": up_again and round(up_again[0] - t_up, 2),
                "replay_done_after_up_s": round(t_replayed - t_up, 1), "counted_after_up_s": round(t_counted - t_up, 1),
