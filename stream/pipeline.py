@@ -292,9 +292,9 @@ class Worker:
         """Resume every paused partition when the closing watermark has not moved for a whole flush
         interval. A paused partition is resumed only as envelopes of the others move closing on
         (_hold_ahead); when the least partition has nothing more to deliver (its share of the feed is
-        through, or its fetches are still coming back after a broker outage), nothing would ever move
-        it, and the paused partitions' envelopes would wait unread. Pausing saves memory; it must
-        never hold records back, so it gives way here and may pause again on later envelopes."""
+        through), nothing would ever move it, and the paused partitions' envelopes would wait unread.
+        Pausing saves memory; it must never hold records back, so it gives way here and may pause
+        again on later envelopes. (This guard did not cure the outage failure in docs/design.md.)"""
         owned = self._owned()
         closing = min((self._meta(p).watermark for p in owned), default=None)
         if closing is not None and closing == self._stall_mark:
