@@ -253,7 +253,7 @@ def decide_item(ev: Evidence, memory: SignalMemory, model_version: str, th: Thre
     else:
         memory.streak("boost_exposure:rising", False)
     trend = trend_n = None
-    conv_reason = "conversion holds (no interest before to compare with)"
+    conv_reason = ""  # set whenever the rule is judged (no signal otherwise)
     if is_new and interest >= th.boost_min_interest and ev.prev_interest_mean is not None:
         growth = interest / max(ev.prev_interest_mean, 1.0)
         # It compounds: a log-linear fit over the last few windows, so one noisy window (or a steady

@@ -94,8 +94,15 @@ def load_scorer(kind: str = "auto"):
     return TrendScorer(), "trend scorer"
 
 
+def _stamp(report: dict) -> dict:
+    """When and where a report was made."""
+    report["run_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    report["machine"] = f"{platform.node()} {platform.machine()} Python {platform.python_version()}"
+    return report
+
+
 def _planted_of_seed(seed: int, windows: int, background: int, window_ms: int, grace_ms: int,
-                     scorer_kind: str) -> tuple[int, dict, float]:
+                     scorer_kind: str) -> dict:
     """One seed's planted scores (runs in a worker process under --jobs)."""
     from launchpulse.models.scenarios import generate
 
@@ -103,33 +110,31 @@ def _planted_of_seed(seed: int, windows: int, background: int, window_ms: int, g
     events, truths = generate(seed=seed, n_windows=windows, n_background=background, window_ms=window_ms)
     scorer, _ = load_scorer(scorer_kind)
     report = run_backtest(events, cfg, scorer, Thresholds(), truths, baselines=False)
-    return seed, report["planted"], report["elapsed_s"]
+    return report["planted"]
 
 
 def run_seeds(args) -> int:
     """``--seeds``: the planted scores of each seed, pooled per signal type."""
     import time
     from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
 
     t0 = time.perf_counter()
-    params = (args.windows, args.background, args.window_seconds * 1000, args.grace_seconds * 1000, args.scorer)
-    per_seed: dict[int, dict] = {}
+    one_seed = partial(_planted_of_seed, windows=args.windows, background=args.background,
+                       window_ms=args.window_seconds * 1000, grace_ms=args.grace_seconds * 1000,
+                       scorer_kind=args.scorer)
     if args.jobs > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            for seed, planted, _ in pool.map(_planted_of_seed, args.seeds, *[[x] * len(args.seeds) for x in params]):
-                per_seed[seed] = planted
+            per_seed = dict(zip(args.seeds, pool.map(one_seed, args.seeds)))
     else:
-        for seed in args.seeds:
-            per_seed[seed] = _planted_of_seed(seed, *params)[1]
+        per_seed = {seed: one_seed(seed) for seed in args.seeds}
     pooled = pool_planted(per_seed)
-    report = {"source": f"scenarios seeds {args.seeds[0]}..{args.seeds[-1]} ({len(args.seeds)} seeds), "
+    report = _stamp({"source": f"scenarios seeds {args.seeds[0]}..{args.seeds[-1]} ({len(args.seeds)} seeds), "
                         f"{args.windows} windows, {args.background} background items",
               "seeds": args.seeds, "pooled": pooled,
               "per_seed": {s: {k: {f: v.get(f) for f in ("truths", "signals", "precision", "recall")}
                                for k, v in p.items()} for s, p in per_seed.items()},
-              "elapsed_s": round(time.perf_counter() - t0, 1),
-              "run_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-              "machine": f"{platform.node()} {platform.machine()} Python {platform.python_version()}"}
+              "elapsed_s": round(time.perf_counter() - t0, 1)})
     if args.json:
         sys.stdout.write(json.dumps(report, indent=1, default=str) + "\n")
     else:
@@ -200,8 +205,7 @@ def run(args) -> int:
                           baselines=not args.no_baselines, keep_signals=args.json and args.signals)
     report["source"] = source
     report["scorer_choice"] = why
-    report["run_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    report["machine"] = f"{platform.node()} {platform.machine()} Python {platform.python_version()}"
+    _stamp(report)
     if args.json:
         sys.stdout.write(json.dumps(report, indent=1, default=str) + "\n")
     else:

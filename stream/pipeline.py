@@ -220,8 +220,7 @@ class Worker:
         # Faust keeps a paused partition paused across a rebalance that leaves it assigned, and the
         # watermarks that paused it are dropped here: resume them (the revoked ones Faust forgot).
         if self._paused:
-            held, self._paused = set(self._paused), {}
-            self.app.consumer.resume_partitions(held & set(self.app.consumer.assignment()))
+            self._resume_all_paused()
         # Partitions may have moved in: read their state from the (recovered) tables again.
         self.cache.clear()
         self.metas.clear()
@@ -295,15 +294,17 @@ class Worker:
         through), nothing would ever move it, and the paused partitions' envelopes would wait unread.
         Pausing saves memory; it must never hold records back, so it gives way here and may pause
         again on later envelopes. (This guard did not cure the outage failure in docs/design.md.)"""
-        owned = self._owned()
-        closing = min((self._meta(p).watermark for p in owned), default=None)
+        closing = self._closing_watermark()
         if closing is not None and closing == self._stall_mark:
-            held, self._paused = list(self._paused), {}
-            assigned = set(self.app.consumer.assignment())
             self.pause_releases += 1
-            self.app.consumer.resume_partitions([t for t in held if t in assigned])
+            self._resume_all_paused()
             closing = None
         self._stall_mark = closing
+
+    def _resume_all_paused(self) -> None:
+        """Resume every partition paused for running ahead that is still assigned (Faust forgot the rest)."""
+        held, self._paused = set(self._paused), {}
+        self.app.consumer.resume_partitions(held & set(self.app.consumer.assignment()))
 
     async def _flush(self) -> None:
         """Write every dirty item, total and partition meta once, then acknowledge their envelopes.
@@ -556,6 +557,11 @@ class Worker:
         self.records_processed += len(recs)
         m.stage.labels("state").observe(time.perf_counter() - t0)
 
+    def _closing_watermark(self) -> int | None:
+        """The least watermark of the owned routed partitions (None: none owned): windows close by it."""
+        owned = self._owned()
+        return min(self._meta(p).watermark for p in owned) if owned else None
+
     def _owned(self) -> list[int]:
         """The routed partitions this worker owns (cached until the next rebalance)."""
         owned = self._owned_parts
@@ -582,15 +588,14 @@ class Worker:
         as of whenever they arrive (docs/design.md).
         """
         cfg = self.cfg
-        owned = self._owned()
-        if not owned:
+        closing = self._closing_watermark()
+        if closing is None:
             return
-        closing = min(self._meta(p).watermark for p in owned)
         newest = cfg.start_of(closing - cfg.grace_ms) - cfg.size_ms  # the newest closable window
         if newest <= self._closed_through:
             return
         self._closed_through = newest
-        metas = [self._meta(p) for p in owned]
+        metas = [self._meta(p) for p in self._owned()]
         # Categories close at the same windows, before the items of the next: a new item's trend
         # starts from its category as of the window before its first (_seed_new_item).
         cat_steps: dict[int, list] = {}
@@ -652,10 +657,9 @@ class Worker:
         resumed (_release_if_stalled). Opt-in (LAUNCHPULSE_MAX_AHEAD_WINDOWS, default 0): see docs/design.md
         for the outage test it still fails at times.
         """
-        owned = self._owned()
-        if len(owned) < 2:
+        if len(self._owned()) < 2:
             return
-        closing = min(self._meta(p).watermark for p in owned)
+        closing = self._closing_watermark()
         limit = self._ahead_ms
         if self._paused and closing != self._paused_closing:
             self._paused_closing = closing
