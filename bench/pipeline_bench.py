@@ -128,6 +128,30 @@ def quantile(xs: list, q: float):
     return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))]
 
 
+def children_usage(pid: int) -> dict:
+    """CPU seconds and peak RSS of a worker's ingest child processes (LAUNCHPULSE_INGEST_PROCESSES), from /proc:
+    the worker's own process_cpu_seconds_total does not include them."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu, rss, n = 0.0, [], 0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) != pid:
+                continue
+            if b"ingest_process" not in (d / "cmdline").read_bytes():
+                continue
+        except (OSError, ValueError, IndexError):
+            continue
+        n += 1
+        cpu += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        kib = vm_hwm_kib(int(d.name))
+        if kib:
+            rss.append(kib / 1024)
+    return {"n": n, "cpu_seconds": cpu, "peak_rss_mib": rss}
+
+
 def vm_hwm_kib(pid: int) -> int | None:
     """Peak resident set size (VmHWM) in KiB; psutil has no peak figure on Linux, so /proc it is."""
     try:
@@ -393,6 +417,7 @@ def drain_run(w: Worker, messages: int, events: int, stable_s: float = 8.0, time
         "stage_seconds": {lb["stage"]: v for lb, v in m.get("launchpulse_stage_seconds_sum", [])},
         "stage_batches": {lb["stage"]: v for lb, v in m.get("launchpulse_stage_seconds_count", [])},
         "cpu_seconds": metric_sum(m, "process_cpu_seconds_total"),
+        "ingest_children": children_usage(w.proc.pid),
     }
     return res
 
@@ -814,7 +839,7 @@ def render(out: dict) -> str:
                  f"{r['progress']['signals_sent']:,}; {c['windows_closed']:,.0f}; "
                  f"{fmt(r['progress'].get('partition_pauses'), ',')} |")
         L.append(f"| {name}: worker peak RSS (VmHWM); worker CPU | {fmt(r['peak_rss_mib'], ',.0f')} MiB; "
-                 f"{r['cpu_seconds']:.1f} s |")
+                 f"{r['cpu_seconds']:.1f} s{_children(r)} |")
     L.extend(render_live(out.get("live")))
     for g in out.get("group", []):
         L.append(f"| same single-event topics, {g['workers']} worker(s) in one group: first ingest -> all records | "
@@ -840,7 +865,17 @@ def render_live(lv: dict | None) -> list:
                f"{lv['ingest']['events_per_s']:,.0f} events/s |"] if lv.get("ingest", {}).get("events_per_s") else []),
             f"| live clickstream: accepted / duplicate / rejected / late; records; worker CPU; peak RSS | "
             f"{c['accepted']:,.0f} / {c['duplicate']:,.0f} / {c['rejected']:,.0f} / {c['late_events']:,.0f}; "
-            f"{r['progress']['records_processed']:,}; {r['cpu_seconds']:.1f} s; {fmt(r['peak_rss_mib'], ',.0f')} MiB |"]
+            f"{r['progress']['records_processed']:,}; {r['cpu_seconds']:.1f} s{_children(r)}; "
+            f"{fmt(r['peak_rss_mib'], ',.0f')} MiB |"]
+
+
+def _children(r: dict) -> str:
+    """' + X s in N ingest process(es)' when the worker ran ingest in child processes."""
+    ch = r.get("ingest_children") or {}
+    if not ch.get("n"):
+        return ""
+    return (f" + {ch['cpu_seconds']:.1f} s in {ch['n']} ingest process(es) "
+            f"(peak RSS {', '.join(f'{x:,.0f}' for x in ch['peak_rss_mib'])} MiB)")
 
 
 def render_latency(lr: dict) -> str:
@@ -933,7 +968,8 @@ def main(argv=None) -> int:
     out: dict = {"date": time.strftime("%Y-%m-%d"), "machine": subprocess.run(["uname", "-a"], capture_output=True, text=True).stdout.strip()
                  or " ".join(platform.uname()), "nproc": os.cpu_count(),
                  "python": sys.version.split()[0], "command": " ".join(["python", "bench/pipeline_bench.py", *sys.argv[1:]]),
-                 "window_s": WINDOW_S, "grace_s": GRACE_S, "workdir": str(workdir)}
+                 "window_s": WINDOW_S, "grace_s": GRACE_S, "workdir": str(workdir),
+                 "ingest_processes": os.environ.get("LAUNCHPULSE_INGEST_PROCESSES", "(default)")}
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     t_all = time.monotonic()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-FETCH_MAX_WAIT_MS = 100  # the ingest and replica consumers use the same bound
+from .settings import FETCH_MAX_WAIT_MS
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):

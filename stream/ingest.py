@@ -1,8 +1,9 @@
 """Ingest stage: input topics -> validated, pseudonymised, routed records packed per owner partition.
 
-It runs inside the worker on a plain aiokafka consumer group of its own, because
-Faust's per-message path costs about 160 us a message (see docs/design.md); the
-stateful stage behind it is a Faust agent over packed envelopes.
+It runs on a plain aiokafka consumer group of its own, because Faust's per-message
+path costs about 160 us a message (see docs/design.md), in child processes of the
+worker (stream/ingest_process.py) or on the worker's own event loop; the stateful
+stage behind it is a Faust agent over packed envelopes.
 
 At-least-once: a batch's envelopes and dead-letter records are acknowledged by
 the broker before the batch's input offsets are committed. A crash in between
@@ -23,9 +24,8 @@ from launchpulse.models.routing import Partitioner, route_event_extended
 from launchpulse.models.windows import WindowConfig
 from launchpulse.schemas.validate import Pseudonymiser, dead_letter_record, parse_message
 
-from .faust_transport import FETCH_MAX_WAIT_MS
 from .metrics import Metrics
-from .settings import Settings
+from .settings import FETCH_MAX_WAIT_MS, Settings
 
 log = logging.getLogger("launchpulse.ingest")
 

@@ -51,6 +51,7 @@ from launchpulse.schemas.validate import Rejection, dead_letter_record
 
 from .faust_transport import App as FaustApp
 from .ingest import Ingest
+from .ingest_process import IngestProcesses
 from .replica import TopicReplica
 from .metrics import Metrics
 from .settings import Settings
@@ -103,7 +104,8 @@ class Worker:
         self.metrics = Metrics()
         self.thresholds = thresholds
         self.scorer = scorer or TrendScorer()
-        self.ingest = Ingest(s, self.metrics, self.cfg)
+        self.ingest = (IngestProcesses(s, self.metrics, s.ingest_processes) if s.ingest_processes
+                       else Ingest(s, self.metrics, self.cfg))
         self.recent_signals: deque = deque(maxlen=1000)
         self.score_queue: list[tuple] = []  # (ingest wall time, ClosedWindow, feature row, Evidence)
         self.score_wakeup = asyncio.Event()

@@ -18,8 +18,7 @@ import logging
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from .faust_transport import FETCH_MAX_WAIT_MS
-from .settings import Settings
+from .settings import FETCH_MAX_WAIT_MS, Settings
 
 log = logging.getLogger("launchpulse.replica")
 

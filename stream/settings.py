@@ -9,6 +9,9 @@ from pathlib import Path
 DEFAULT_BROKER = "kafka://127.0.0.1:9092"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")  # user name and password mechanisms
+# How long a consumer of ours lets the broker hold a fetch: the worker's Faust consumer (see
+# faust_transport.py for why), the ingest and the replica consumers.
+FETCH_MAX_WAIT_MS = 100
 
 
 def _env(name: str, default: str) -> str:
@@ -59,6 +62,9 @@ class Settings:
     # ingest
     ingest_max_records: int = 5000
     envelope_max_records: int = 2000
+    # ingest in this many child processes (one consumer group: they split the input partitions), beside
+    # the worker's event loop, which keeps the state stage; 0: on that loop (see stream/ingest_process.py)
+    ingest_processes: int = 1
     # state: dirty state is written (and its envelopes acknowledged) at least this often; longer
     # intervals coalesce more rewrites of busy items and replay more after a crash
     flush_interval_ms: int = 5000
@@ -98,6 +104,7 @@ class Settings:
             score_max_rows=_env_int("LAUNCHPULSE_SCORE_MAX_ROWS", 4096),
             flush_interval_ms=_env_int("LAUNCHPULSE_FLUSH_INTERVAL_MS", 5000),
             max_ahead_windows=_env_int("LAUNCHPULSE_MAX_AHEAD_WINDOWS", 0),
+            ingest_processes=_env_int("LAUNCHPULSE_INGEST_PROCESSES", 1),
             model_path=os.environ.get("LAUNCHPULSE_MODEL") or None,
             scorer=_env("LAUNCHPULSE_SCORER", "model"),
             security_protocol=_env("LAUNCHPULSE_SECURITY_PROTOCOL", "PLAINTEXT"),
@@ -123,6 +130,9 @@ class Settings:
         if not (0 <= self.max_ahead_windows <= 10_000):
             raise SystemExit(f"launchpulse: LAUNCHPULSE_MAX_AHEAD_WINDOWS={self.max_ahead_windows} must be 0..10000 "
                              "(0: never pause a partition)")
+        if not (0 <= self.ingest_processes <= 64):
+            raise SystemExit(f"launchpulse: LAUNCHPULSE_INGEST_PROCESSES={self.ingest_processes} must be 0..64 "
+                             "(0: ingest on the worker's own event loop)")
         if not (0 < self.web_port < 65536):
             raise SystemExit(f"launchpulse: web port {self.web_port} is out of range")
         self._check_security()

@@ -1,4 +1,5 @@
-"""Every docstring example in schemas/ and models/ runs (they document the pure code by example)."""
+"""Every docstring example in schemas/ and models/ runs (they document the pure code by example), and
+those of the stream modules that have them."""
 import doctest
 import importlib
 import pkgutil
@@ -9,7 +10,7 @@ import launchpulse.models
 import launchpulse.schemas
 
 MODULES = sorted(f"{pkg.__name__}.{m.name}" for pkg in (launchpulse.schemas, launchpulse.models)
-                 for m in pkgutil.iter_modules(pkg.__path__))
+                 for m in pkgutil.iter_modules(pkg.__path__)) + ["launchpulse.stream.ingest_process"]
 
 
 @pytest.mark.parametrize("name", MODULES)
