@@ -302,7 +302,8 @@ class Ingest:
                         part_max[tp] = ev.ts_ms
                     src = [topic, tp.partition, msg.offset]
                     for key, rec in route_event_extended(ev):
-                        rec["o"] = src
+                        if rec["n"]:  # the one record that counts the event: where it came from, for
+                            rec["o"] = src  # its metrics and a late event's dead letter (no other reads it)
                         if key != rec.get("i"):
                             rec["K"] = key  # the owner's key, when it is not the record's item
                         routed[parts_of(key)].append(rec)
