@@ -347,6 +347,9 @@ def counts_check(m: dict, topics: dict, events: int) -> dict:
     return out
 
 
+STUCK_S = 60.0  # a drain gives up waiting for missing events after this long without progress
+
+
 def quiet_since(hist: list, now: float) -> float:
     """Since when the latest /progress snapshot (records, signals, nothing queued) has held."""
     snap = (hist[-1][1]["records_processed"], hist[-1][1]["signals_sent"])
@@ -379,8 +382,10 @@ def drain_run(w: Worker, messages: int, events: int, stable_s: float = 8.0, time
                 first_seen = True
                 hist.append((now, p))
                 done = p["ingested_messages"] >= messages and p["score_queue"] == 0
-                # quiet: the final snapshot held for stable_s (covers the ingest's 5 s idle-partition watermark)
-                if done and now - quiet_since(hist, now) >= stable_s:
+                # quiet: the final snapshot held for stable_s (covers the ingest's 5 s idle-partition
+                # watermark) with every event counted, or STUCK_S with some missing (see drain_group)
+                quiet_s = now - quiet_since(hist, now)
+                if done and ((quiet_s >= stable_s and p["events_counted"] >= events) or quiet_s >= STUCK_S):
                     break
         time.sleep(0.5)
     else:
@@ -442,7 +447,12 @@ def drain_group(workers: list, messages: int, events: int, stable_s: float = 8.0
                 t_zero_last = now
             else:
                 hist.append((now, p))
-                if p["ingested_messages"] >= messages and now - quiet_since(hist, now) >= stable_s:
+                quiet_s = now - quiet_since(hist, now)
+                # Quiet with every event counted; or quiet for STUCK_S with some missing: a worker busy
+                # in a long flush or closing is quiet for a while without being done, so a short
+                # quiet spell alone ended a run early with events still to come (2026-11-24).
+                if p["ingested_messages"] >= messages and (
+                        (quiet_s >= stable_s and p["events_counted"] >= events) or quiet_s >= STUCK_S):
                     break
         time.sleep(0.5)
     else:

@@ -1,0 +1,103 @@
+"""CPU per click of the worker's two stages, in this process, without Kafka.
+
+    python bench/state_stage_bench.py [--clicks 200000] [--profile]
+
+The live clickstream of ``pipeline_bench.live_clicks`` (single events, one daily window) is
+parsed, validated, pseudonymised, routed and packed into envelopes exactly as the ingest stage
+does (its per-message loop, without the consumer and producer), then applied by the worker's own
+``Worker._apply_envelope`` (the state stage, without Faust's consumer, the changelog producer or
+the flush's delivery), with the dirty states serialised every 100 envelopes as the flush does.
+The garbage collector is tuned as in ``launchpulse worker``. What it shows is the pure CPU cost
+per click of each stage; ``pipeline_bench.py`` measures the running pipeline on a broker.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clicks", type=int, default=200_000)
+    ap.add_argument("--profile", action="store_true", help="cProfile the state stage (slows it about 2x)")
+    args = ap.parse_args()
+    os.environ.setdefault("LAUNCHPULSE_PSEUDONYM_KEY", "state-stage-bench")
+    os.environ["LAUNCHPULSE_WINDOW_SECONDS"], os.environ["LAUNCHPULSE_GRACE_SECONDS"] = "86400", "3600"
+
+    from pipeline_bench import live_clicks
+
+    from launchpulse.models.routing import Partitioner, route_event_extended
+    from launchpulse.schemas.validate import Pseudonymiser, parse_message
+    from launchpulse.stream.cli import _tune_gc
+    from launchpulse.stream.pipeline import Worker
+    from launchpulse.stream.settings import Settings
+
+    s = Settings.from_env()
+    msgs = [orjson.dumps({k: v for k, v in e.items() if k != "kind"}) for e in live_clicks(args.clicks)]
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    worker = Worker(s)  # its Faust app and tables are built, never started
+    _tune_gc()
+
+    # Ingest: Ingest.process's loop, batches of ingest_max_records messages.
+    pseudonymise, owner = Pseudonymiser(s.pseudonym_key), Partitioner(s.state_partitions)
+    envelopes: list[tuple[int, bytes]] = []
+    routed: dict[int, list] = {}
+    t0 = time.perf_counter()
+    for offset, raw in enumerate(msgs):
+        for ev in parse_message(raw, "clickstream", pseudonymise).events:
+            src = ["clickstream", 0, offset]
+            for key, rec in route_event_extended(ev):
+                if rec["n"]:
+                    rec["o"] = src
+                if key != rec.get("i"):
+                    rec["K"] = key
+                routed.setdefault(owner(key), []).append(rec)
+        if (offset + 1) % s.ingest_max_records == 0 or offset == len(msgs) - 1:
+            step = s.envelope_max_records
+            for part, recs in routed.items():
+                for i in range(0, len(recs), step):
+                    envelopes.append((part, orjson.dumps({"src": "bench", "at": time.time(), "r": recs[i:i + step]})))
+            routed = {}
+    t_ingest = time.perf_counter() - t0
+
+    # State: the worker's envelope application; the flush's serialisation every 100 envelopes.
+    worker._close_sessions = lambda *a, **k: None  # nothing closes inside one daily window
+    prof = cProfile.Profile() if args.profile else None
+    t_flush = 0.0
+    t0 = time.perf_counter()
+    if prof:
+        prof.enable()
+    for k, (part, value) in enumerate(envelopes):
+        worker._apply_envelope(part, value)
+        if k % 100 == 99 or k == len(envelopes) - 1:
+            t1 = time.perf_counter()
+            for key in worker.dirty_items:
+                orjson.dumps(worker.cache[key].to_state())
+            worker.dirty_items.clear()
+            worker.dirty_totals.clear()
+            t_flush += time.perf_counter() - t1
+    t_state = time.perf_counter() - t0 - t_flush
+    if prof:
+        prof.disable()
+    n = len(msgs)
+    print(f"{n:,} clicks, {worker.records_processed:,} records in {len(envelopes):,} envelopes")
+    print(f"ingest (parse, validate, pseudonymise, route, pack): {t_ingest / n * 1e6:.1f} us a click ({n / t_ingest:,.0f}/s)")
+    print(f"state (apply the records):                          {t_state / n * 1e6:.1f} us a click ({n / t_state:,.0f}/s)")
+    print(f"flush (serialise dirty states):                     {t_flush / n * 1e6:.1f} us a click")
+    if prof:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(20)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
