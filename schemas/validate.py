@@ -183,7 +183,10 @@ def _integer(obj: dict, field: str, required: bool, lo: int, hi: int) -> int | N
             raise Invalid("missing_field", f"{field} is required")
         return None
     if type(v) is not int:
-        raise Invalid("wrong_type", f"{field} must be an integer, got {_tname(v)}")
+        if type(v) is float and v.is_integer():
+            v = int(v)  # JSON Schema's integer is any number without a fractional part: 2.0 is 2
+        else:
+            raise Invalid("wrong_type", f"{field} must be an integer, got {_tname(v)}")
     if v < lo or v > hi:
         raise Invalid("invalid_value", f"{field} must be between {lo} and {hi}, got {v}")
     return v
@@ -196,10 +199,14 @@ def parse_ts(v, field: str = "ts") -> int:
     1761991200000
     >>> parse_ts(1761991200000)
     1761991200000
+    >>> parse_ts(1761991200000.0)
+    1761991200000
     """
     if v is None:
         raise Invalid("missing_field", f"{field} is required")
     t = type(v)
+    if t is float and v.is_integer():  # an integer to JSON Schema (and to the schema files)
+        v, t = int(v), int
     if t is int:
         if MIN_TS_MS <= v < MAX_TS_MS:
             return v

@@ -153,3 +153,18 @@ def test_ts_round_trip():
     for ms in (946684800000, 1793527200123, 4102444799999):
         assert parse_ts(format_ts(ms)) == ms
     assert math.isclose(parse_ts("2026-11-01T10:00:00.5Z") % 1000, 500)
+
+
+def test_integral_numbers_are_integers():
+    """JSON Schema's integer is any number without a fractional part; the validator agrees (found by
+    test_validator_agrees_with_schema_files: a catalog record with "stock": 0.0)."""
+    cat = {"item_id": "i1", "ts": 1793527200000.0, "title": "Tea", "category_id": "c", "price": 1.0,
+           "status": "live", "stock": 0.0}
+    assert schema_ok("catalog", cat) and ours_ok("catalog", cat)
+    ev = validate_event("catalog", cat, ID)
+    assert (ev.stock, ev.ts_ms) == (0, 1793527200000) and type(ev.stock) is int and type(ev.ts_ms) is int
+    line = {"order_id": "o1", "ts": 1793527200000, "user_id": "u1", "items": [{"item_id": "i1", "quantity": 2.0, "price": 3}]}
+    assert validate_event("order", line, ID).lines[0].quantity == 2
+    for bad in (2.5, True, "2"):
+        line["items"][0]["quantity"] = bad
+        assert not schema_ok("order", line) and not ours_ok("order", line)
