@@ -143,6 +143,8 @@ class IngestProcesses:
                 p.stdin.close()  # the child leaves its group and exits
         try:
             await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), STOP_GRACE_S)
+        except asyncio.TimeoutError:
+            log.warning("an ingest process did not stop within %.0f s; killing it", STOP_GRACE_S)
         finally:
             for p in procs:
                 if p.returncode is None:
@@ -152,32 +154,44 @@ class IngestProcesses:
         backoff = RESTART_BACKOFF_S[0]
         while True:
             started = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "launchpulse.stream.ingest_process", str(i),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=16 * 1024 * 1024)
-            self._procs[i] = proc
-            self._heard[i] = time.monotonic()
-            self._reasons[i] = "ingest process starting"
             try:
-                proc.stdin.write(pickle.dumps(self.s))
-                await proc.stdin.drain()
-                async for line in proc.stdout:
-                    report = orjson.loads(line)
-                    self._heard[i] = time.monotonic()
-                    self._consumed[i] = report["consumed"]
-                    self._reasons[i] = report["health"]
-                    apply_updates(self.m, report)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the child died at once; its exit code says why below
-            rc = await proc.wait()
+                rc = await self._run_child(i)
+                why = f"exited with code {rc}"
+            except OSError as e:  # could not start it (no memory, no more processes)
+                why = f"could not be started: {e}"
             self._consumed_before[i] += self._consumed.pop(i, 0)
-            self._reasons[i] = f"ingest process {i} exited with code {rc}; starting it again"
+            self._reasons[i] = f"ingest process {i} {why}; starting it again"
             self.restarts += 1
-            self.m.broker_errors.labels("ingest").inc()
-            log.warning("ingest process %d exited with code %s; starting it again in %.0f s", i, rc, backoff)
+            log.warning("ingest process %d %s; starting it again in %.0f s", i, why, backoff)
             await asyncio.sleep(backoff)
             # A child that ran a good while before dying starts again quickly; one dying at start backs off.
             backoff = RESTART_BACKOFF_S[0] if time.monotonic() - started > 60 else min(backoff * 2, RESTART_BACKOFF_S[1])
+
+    async def _run_child(self, i: int) -> int:
+        """Start child i, hand it the settings, take its reports until it exits; its exit code."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "launchpulse.stream.ingest_process", str(i),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=16 * 1024 * 1024)
+        self._procs[i] = proc
+        self._heard[i] = time.monotonic()
+        self._reasons[i] = "ingest process starting"
+        try:
+            proc.stdin.write(pickle.dumps(self.s))
+            await proc.stdin.drain()
+            async for line in proc.stdout:
+                try:
+                    report = orjson.loads(line)
+                    consumed, health = report["consumed"], report["health"]
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    log.warning("ingest process %d wrote a line that is not a report: %r", i, line[:200])
+                    continue
+                self._heard[i] = time.monotonic()
+                self._consumed[i] = consumed
+                self._reasons[i] = health
+                apply_updates(self.m, report)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the child died at once; its exit code says why
+        return await proc.wait()
 
     def health_reason(self) -> str:
         """Why ingest is not healthy (the first child's reason), or "" when every child is."""
@@ -195,19 +209,19 @@ class IngestProcesses:
 
 # -- the child -----------------------------------------------------------------------------------
 
-async def _child(settings: Settings, stop: asyncio.Event) -> None:
+async def _child(settings: Settings, stop: asyncio.Event, reports) -> None:
     from launchpulse.models.windows import WindowConfig
 
     from .ingest import Ingest
 
     updates = MetricUpdates()
     ingest = Ingest(settings, updates, WindowConfig(size_ms=settings.window_ms, grace_ms=settings.grace_ms))
-    out = sys.stdout.buffer
+    # The loop's pipe transport buffers what the parent has not read yet: a busy parent never blocks ingest.
+    out, _ = await asyncio.get_running_loop().connect_write_pipe(asyncio.Protocol, reports)
 
     def report() -> None:
         line = {"consumed": ingest.consumed, "health": ingest.health_reason(), **updates.take()}
         out.write(orjson.dumps(line) + b"\n")
-        out.flush()
 
     async def reporter() -> None:
         while True:
@@ -237,10 +251,12 @@ async def _child(settings: Settings, stop: asyncio.Event) -> None:
             task.cancel()
         rep.cancel()
         await ingest.stop()
-        try:
-            report()  # the last updates (the parent may be gone: then nobody reads them)
-        except (BrokenPipeError, ValueError):
-            pass
+        report()  # the last updates (if the parent is gone, nobody reads them)
+        for _ in range(20):
+            if not out.get_write_buffer_size() or out.is_closing():
+                break
+            await asyncio.sleep(0.05)
+        out.close()
 
 
 def main(argv: list[str]) -> int:
@@ -262,8 +278,12 @@ def main(argv: list[str]) -> int:
             os._exit(0)
 
     threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+    # Reports go to the parent on the original stdout; anything else written to fd 1 (a library's print)
+    # goes to stderr with the logs, instead of into the report stream.
+    reports = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
     try:
-        loop.run_until_complete(_child(settings, stop))
+        loop.run_until_complete(_child(settings, stop, reports))
     finally:
         loop.close()
     return 0
