@@ -71,7 +71,7 @@ class Settings:
     # state: an owned routed partition whose watermark runs more than this many windows ahead of the
     # closing watermark (the least of the owned ones) is paused until closing catches up (or closing stalls
     # for a flush interval); 0 (the default): never. Lowers a replay's peak memory, not its time. Opt-in:
-    # with it on, tests/test_outage.py's worker has stopped counting after a 30 s broker outage (docs/design.md)
+    # the stalls it met came from Faust's pause dropping fetched envelopes (fixed: Worker._pause_fetching; docs/design.md)
     max_ahead_windows: int = 0
     # Kafka security (passed to aiokafka and Faust)
     security_protocol: str = "PLAINTEXT"
