@@ -3,8 +3,8 @@
     python bench/state_stage_bench.py [--clicks 200000] [--profile]
 
 The live clickstream of ``pipeline_bench.live_clicks`` (single events, one daily window) is
-parsed, validated, pseudonymised, routed and packed into envelopes exactly as the ingest stage
-does (its per-message loop, without the consumer and producer), then applied by the worker's own
+parsed, validated, pseudonymised, routed (``ingest.route_events``) and packed into envelopes as the
+ingest stage does (without the consumer and producer), then applied by the worker's own
 ``Worker._apply_envelope`` (the state stage, without Faust's consumer, the changelog producer or
 the flush's delivery), with the dirty states serialised every 100 envelopes as the flush does.
 The garbage collector is tuned as in ``launchpulse worker``. What it shows is the pure CPU cost
@@ -19,6 +19,7 @@ import os
 import pstats
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import orjson
@@ -36,9 +37,10 @@ def main() -> int:
 
     from pipeline_bench import live_clicks
 
-    from launchpulse.models.routing import Partitioner, route_event_extended
+    from launchpulse.models.routing import Partitioner
     from launchpulse.schemas.validate import Pseudonymiser, parse_message
     from launchpulse.stream.cli import _tune_gc
+    from launchpulse.stream.ingest import route_events
     from launchpulse.stream.pipeline import Worker
     from launchpulse.stream.settings import Settings
 
@@ -51,23 +53,16 @@ def main() -> int:
     # Ingest: Ingest.process's loop, batches of ingest_max_records messages.
     pseudonymise, owner = Pseudonymiser(s.pseudonym_key), Partitioner(s.state_partitions)
     envelopes: list[tuple[int, bytes]] = []
-    routed: dict[int, list] = {}
+    routed: dict[int, list] = defaultdict(list)
     t0 = time.perf_counter()
     for offset, raw in enumerate(msgs):
-        for ev in parse_message(raw, "clickstream", pseudonymise).events:
-            src = ["clickstream", 0, offset]
-            for key, rec in route_event_extended(ev):
-                if rec["n"]:
-                    rec["o"] = src
-                if key != rec.get("i"):
-                    rec["K"] = key
-                routed.setdefault(owner(key), []).append(rec)
+        route_events(parse_message(raw, "clickstream", pseudonymise).events, ["clickstream", 0, offset], owner, routed)
         if (offset + 1) % s.ingest_max_records == 0 or offset == len(msgs) - 1:
             step = s.envelope_max_records
             for part, recs in routed.items():
                 for i in range(0, len(recs), step):
                     envelopes.append((part, orjson.dumps({"src": "bench", "at": time.time(), "r": recs[i:i + step]})))
-            routed = {}
+            routed = defaultdict(list)
     t_ingest = time.perf_counter() - t0
 
     # State: the worker's envelope application; the flush's serialisation every 100 envelopes.

@@ -95,6 +95,17 @@ class Ingest:
         await self.consumer.start()
         await self.offset_reader.start()
 
+    async def start_retrying(self) -> None:
+        """start(), again every second until the broker lets it (health says why meanwhile)."""
+        while True:
+            try:
+                await self.start()
+                return
+            except Exception as e:  # noqa: BLE001 - the broker may not answer yet
+                self.healthy_reason = f"cannot start ingest: {e}"
+                await self.stop()
+                await asyncio.sleep(1.0)
+
     async def stop(self) -> None:
         for c in (self.consumer, self.offset_reader, self.producer):
             if c is not None:
@@ -300,13 +311,7 @@ class Ingest:
                     # this stage sees only the partitions assigned to it.
                     if ev.ts_ms > part_max.get(tp, 0):
                         part_max[tp] = ev.ts_ms
-                    src = [topic, tp.partition, msg.offset]
-                    for key, rec in route_event_extended(ev):
-                        if rec["n"]:  # the one record that counts the event: where it came from, for
-                            rec["o"] = src  # its metrics and a late event's dead letter (no other reads it)
-                        if key != rec.get("i"):
-                            rec["K"] = key  # the owner's key, when it is not the record's item
-                        routed[parts_of(key)].append(rec)
+                route_events(parsed.events, [topic, tp.partition, msg.offset], parts_of, routed)
             offsets[tp] = msgs[-1].offset + 1
         self._positions.update(offsets)  # as if committed, to stamp the watermark this batch reaches
         futures = await self.send_envelopes(routed)
@@ -353,3 +358,19 @@ class Ingest:
             await asyncio.gather(*futures)
             return []
         return futures
+
+
+def route_events(events, src: list, owner, routed: dict) -> None:
+    """Append the routed records of one message's events to ``routed[owner(key)]`` (a defaultdict(list)).
+
+    The record that counts an event carries its origin ``src`` (topic, partition, offset): only it
+    is read, for the metrics and a late event's dead letter. A record whose owner's key is not its
+    item carries that key.
+    """
+    for ev in events:
+        for key, rec in route_event_extended(ev):
+            if rec["n"]:
+                rec["o"] = src
+            if key != rec.get("i"):
+                rec["K"] = key
+            routed[owner(key)].append(rec)

@@ -106,14 +106,14 @@ def apply_updates(metrics, report: dict) -> None:
 
 class IngestProcesses:
     """N ingest children, supervised; the same face to the worker as the in-process :class:`~.ingest.Ingest`
-    (``start``, ``run``, ``stop``, ``health_reason``, ``consumed``). A child that dies is started again
+    (``start_retrying``, ``run``, ``stop``, ``health_reason``, ``consumed``). A child that dies is started again
     after a growing pause, and the worker reports unhealthy meanwhile."""
 
     def __init__(self, settings: Settings, metrics, n: int):
         self.s = settings
         self.m = metrics
         self.n = n
-        self.healthy_reason = "starting"  # for the worker's start-up retry loop, as Ingest has
+        self.healthy_reason = "starting"  # until start_retrying, as Ingest has
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._reasons: dict[int, str] = {i: "ingest process starting" for i in range(n)}
         self._heard: dict[int, float] = {}
@@ -125,8 +125,8 @@ class IngestProcesses:
     def consumed(self) -> int:
         return sum(self._consumed_before.values()) + sum(self._consumed.values())
 
-    async def start(self) -> None:
-        self.healthy_reason = ""
+    async def start_retrying(self) -> None:
+        self.healthy_reason = ""  # each child starts (and retries) its own ingest
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(self._supervise(i), name=f"ingest-process-{i}") for i in range(self.n)]
@@ -228,27 +228,20 @@ async def _child(settings: Settings, stop: asyncio.Event, reports) -> None:
             report()
             await asyncio.sleep(REPORT_S)
 
-    task = None
+    async def serve() -> None:
+        await ingest.start_retrying()  # the broker may not answer yet
+        await ingest.run()  # returns only by raising: the exit code says so
+
     rep = asyncio.create_task(reporter())
+    task = asyncio.create_task(serve())
+    waiter = asyncio.create_task(stop.wait())
     try:
-        while not stop.is_set():  # as the worker's start-up loop: the broker may not answer yet
-            try:
-                await ingest.start()
-                break
-            except Exception as e:  # noqa: BLE001
-                ingest.healthy_reason = f"cannot start ingest: {e}"
-                await ingest.stop()
-                await asyncio.sleep(1.0)
-        if not stop.is_set():
-            task = asyncio.create_task(ingest.run())
-            waiter = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if task in done:
-                task.result()  # Ingest.run returns only by raising: let the exit code say so
+        done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
     finally:
-        if task is not None:
-            task.cancel()
+        task.cancel()
+        waiter.cancel()
         rep.cancel()
         await ingest.stop()
         report()  # the last updates (if the parent is gone, nobody reads them)

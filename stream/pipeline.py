@@ -998,14 +998,7 @@ class Worker:
 
     # -- ingest --------------------------------------------------------------------------
     async def _run_ingest(self) -> None:
-        while True:
-            try:
-                await self.ingest.start()
-                break
-            except Exception as e:
-                self.ingest.healthy_reason = f"cannot start ingest: {e}"
-                await self.ingest.stop()
-                await asyncio.sleep(1.0)
+        await self.ingest.start_retrying()
         try:
             await self.ingest.run()
         finally:
