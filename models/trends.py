@@ -399,10 +399,14 @@ class TrendModel:
     def _weights(self) -> list[tuple[int, float]]:
         w = self._wcache
         if w is None:
-            ranked = self._ranked()[: max(1, self.top_k)]
-            errs = [self._cands[i][4] for i in ranked]
-            floor = max(1e-12, 1e-6 * max(errs))
-            inv = [1.0 / max(e, floor) for e in errs]
+            # Computed after every learnt window (learn_one's one-step forecast): kept lean, with the
+            # same arithmetic in the same order as the plain form (the benchmarks check the signals).
+            errs = [c[4] for c in self._cands]
+            ranked = sorted(range(len(errs)), key=errs.__getitem__)  # stable: ties keep candidate order
+            del ranked[max(1, self.top_k):]
+            top = [errs[i] for i in ranked]
+            floor = max(1e-12, 1e-6 * max(top))
+            inv = [1.0 / (floor if floor > e else e) for e in top]  # max(e, floor), as max picks
             tot = sum(inv)
             w = self._wcache = [(i, wi / tot) for i, wi in zip(ranked, inv)]
         return w
@@ -412,11 +416,27 @@ class TrendModel:
         if fc is None or len(fc) < h:
             # Step k's forecast does not depend on h: computed once per step until the candidates change.
             ws = self._weights()
-            ng = len(self.grid)
+            grid = self.grid
+            ng = len(grid)
             cands = self._cands
+            m = self.season_length
+            off = self._offset
+            exp = math.exp
             have = 0 if fc is None else len(fc)
-            fc = self._fcache = (fc or []) + [sum(w * self._cand_forecast(cands[i], i % ng, k) for i, w in ws)
-                                              for k in range(have + 1, h + 1)]
+            fc = fc or []
+            for k in range(have + 1, h + 1):
+                # _cand_forecast inlined (the hot path of learn_one): the same expression per candidate.
+                terms = []
+                for i, w in ws:
+                    kind, lev, tr, seas, _ = cands[i]
+                    phi = grid[i % ng][3]
+                    damp = phi * (1.0 - phi**k) / (1.0 - phi) if phi != 1.0 else float(k)
+                    z = lev + damp * tr
+                    if m:
+                        z += seas[(self._t + k - 1) % m]
+                    terms.append(w * (z if kind == _RAW else exp(min(z, 700.0)) - off))
+                fc.append(sum(terms))
+            self._fcache = fc
         return fc[:h]
 
     # ------------------------------------------------------------------- API
