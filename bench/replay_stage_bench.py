@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 KIND_TOPIC = {"clickstream": "clickstream", "order": "orders", "catalog": "catalog"}
 
 
-class _CountedSignals:
+class CountedSignals:
     """Stands in for the signals topic: counts what would be sent, and digests it (a change to the
     hot path must leave every signal as it was)."""
 
@@ -68,7 +68,7 @@ async def replay(args) -> dict:
             for e in events]
     worker = Worker(s, scorer=_load_scorer(s))  # its Faust app and tables are built, never started
     worker._owned_parts = list(range(s.state_partitions))
-    signals = worker.signals_topic = _CountedSignals()
+    signals = worker.signals_topic = CountedSignals()
 
     async def no_delivery(prev, *a, **k):  # the changelog and routed records are not sent
         if prev is not None:

@@ -1,6 +1,6 @@
 """CPU per click of the worker's two stages, in this process, without Kafka.
 
-    python bench/state_stage_bench.py [--clicks 200000] [--profile]
+    python bench/state_stage_bench.py [--clicks 200000] [--profile] [--close]
 
 The live clickstream of ``pipeline_bench.live_clicks`` (single events, one daily window) is
 parsed, validated, pseudonymised, routed (``ingest.route_events``) and packed into envelopes as the
@@ -31,6 +31,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clicks", type=int, default=200_000)
     ap.add_argument("--profile", action="store_true", help="cProfile the state stage (slows it about 2x)")
+    ap.add_argument("--close", action="store_true",
+                    help="then move the watermark past the day: close its sessions, then every item's and "
+                         "category's daily window at once (a live feed's window boundary), decide and score")
     args = ap.parse_args()
     os.environ.setdefault("LAUNCHPULSE_PSEUDONYM_KEY", "state-stage-bench")
     os.environ["LAUNCHPULSE_WINDOW_SECONDS"], os.environ["LAUNCHPULSE_GRACE_SECONDS"] = "86400", "3600"
@@ -89,9 +92,45 @@ def main() -> int:
     print(f"ingest (parse, validate, pseudonymise, route, pack): {t_ingest / n * 1e6:.1f} us a click ({n / t_ingest:,.0f}/s)")
     print(f"state (apply the records):                          {t_state / n * 1e6:.1f} us a click ({n / t_state:,.0f}/s)")
     print(f"flush (serialise dirty states):                     {t_flush / n * 1e6:.1f} us a click")
+    if args.close:
+        boundary(worker, s, max(ev["ts"] for ev in map(orjson.loads, msgs[-1:])))
     if prof:
         pstats.Stats(prof).sort_stats("tottime").print_stats(20)
     return 0
+
+
+def boundary(worker, s, last_ts: int) -> None:
+    """The day's end as a live worker meets it: the watermark passes the end of the day (its sessions
+    close), then the end plus the grace (every item's and category's window closes at once: the
+    burst a daily window boundary brings), then the closed windows are scored and decided on.
+    Signals are counted, not sent."""
+    from replay_stage_bench import CountedSignals
+
+    del worker._close_sessions  # the worker's own again
+    worker._owned_parts = list(range(s.state_partitions))
+    signals = worker.signals_topic = CountedSignals()
+    cfg = worker.cfg
+    day_end = cfg.start_of(last_ts) + cfg.size_ms
+    loop = asyncio.get_event_loop()
+    times = []
+    for wm in (day_end, day_end + cfg.grace_ms):
+        t0 = time.perf_counter()
+        for part in worker._owned_parts:
+            worker._apply_envelope(part, orjson.dumps({"src": "bench", "at": time.time(), "r": [],
+                                                       "pw": {"input:0": [wm, False, time.time()]}, "np": 1}))
+        loop.run_until_complete(worker._close_ready(time.time()))
+        times.append(time.perf_counter() - t0)
+    closed = len(worker.score_queue)
+    t0 = time.perf_counter()
+    while worker.score_queue:
+        batch = worker.score_queue[: s.score_max_rows]
+        del worker.score_queue[: len(batch)]
+        loop.run_until_complete(worker._score_batch(loop, batch))
+    t_score = time.perf_counter() - t0
+    print(f"day's end: sessions closed in {times[0]:.2f} s; {closed:,} item windows closed and decided on in "
+          f"{times[1]:.2f} s ({times[1] / max(closed, 1) * 1e6:.0f} us each), scored and decided in {t_score:.2f} s "
+          f"({s.score_max_rows}-row batches); the last signal {times[1] + t_score:.2f} s after the boundary; "
+          f"signals {dict(sorted(signals.types.items()))}")
 
 
 if __name__ == "__main__":
