@@ -24,6 +24,10 @@ One run, one embedded broker (Tansu, memory storage, 127.0.0.1):
    the first pass). Reports the worker's ``launchpulse_event_to_signal_seconds``
    quantiles (estimated from buckets), the consumer lag when the offer ends, and an
    independent send->signal latency measured by the bench (see the doc).
+   4b. The same for a live feed (``live_feed``: clicks on a Zipf catalogue, orders after some
+   add-to-carts, a catalogue with stock), each event stamped with the wall clock as it is sent,
+   in short windows (default 10 s, grace 2 s) so that window boundaries, where a live feed's
+   signals come from, pass during the offer (default 20,000/s for 60 s).
 5. mlxtend's batch recompute of the pair rules on the same baskets
    (``bench/associations_bench.py``'s construction and call), beside the replay times.
 
@@ -235,6 +239,34 @@ def live_clicks(n: int, items: int = 20_000, users: int = 50_000, seed: int = 0)
     return out
 
 
+def live_feed(n: int, items: int = 20_000, users: int = 50_000, seed: int = 0) -> tuple[list, list]:
+    """A live shop for the live latency run: (catalog, events). Events are n clicks and orders without
+    event times (the sender stamps each with the wall clock as it sends it): the clicks of
+    ``live_clicks``, and after 30% of add-to-carts an order of the item, with its two catalogue
+    neighbours half the time each (pairs bought together: bundles); the catalogue's first 2,000 items
+    are listed with stock 30 (stock can run short: restock and overstock). Every event counts in n."""
+    import random
+
+    rng = random.Random(seed + 1)
+    out = []
+    for e in live_clicks(n, items, users, seed):
+        if len(out) >= n:
+            break
+        out.append(e)
+        if e["event_type"] == "add_to_cart" and rng.random() < 0.3 and len(out) < n:
+            it = int(e["item_id"].rsplit("-", 1)[1])
+            basket = [it] + [(it + d) % items for d in (1, 2) if rng.random() < 0.5]
+            out.append({"kind": "order", "order_id": f"live-order-{seed}-{len(out)}", "user_id": e["user_id"],
+                        "items": [{"item_id": f"live-item-{b}", "quantity": 1, "price": 9.99,
+                                   "category_id": f"live-cat-{b % 40}"} for b in basket]})
+    for e in out:
+        e.pop("ts", None)
+    catalog = [{"kind": "catalog", "item_id": f"live-item-{i}", "title": f"live item {i}",
+                "category_id": f"live-cat-{i % 40}", "price": 9.99, "status": "live", "stock": 30}
+               for i in range(2000)]
+    return catalog, out
+
+
 async def produce(settings, events: list, batch: int) -> dict:
     from launchpulse.stream.replay import replay
 
@@ -275,7 +307,8 @@ async def bare_consume(settings, expect_messages: int, timeout_s: float = 300.0)
 # -- 3. worker runs --------------------------------------------------------------------------
 
 class Worker:
-    def __init__(self, broker_url: str, prefix: str, app_id: str, workdir: Path):
+    def __init__(self, broker_url: str, prefix: str, app_id: str, workdir: Path, window_s: int = WINDOW_S,
+                 grace_s: int = GRACE_S):
         from launchpulse.stream.broker import free_port
 
         self.port = free_port()
@@ -283,8 +316,8 @@ class Worker:
         self.data_dir = workdir / f"data-{app_id}"
         self.log_path = workdir / f"{app_id}.log"
         env = dict(os.environ, LAUNCHPULSE_BROKER=broker_url, LAUNCHPULSE_APP_ID=app_id,
-                   LAUNCHPULSE_TOPIC_PREFIX=prefix, LAUNCHPULSE_WINDOW_SECONDS=str(WINDOW_S),
-                   LAUNCHPULSE_GRACE_SECONDS=str(GRACE_S), LAUNCHPULSE_LOG_LEVEL="WARNING")
+                   LAUNCHPULSE_TOPIC_PREFIX=prefix, LAUNCHPULSE_WINDOW_SECONDS=str(window_s),
+                   LAUNCHPULSE_GRACE_SECONDS=str(grace_s), LAUNCHPULSE_LOG_LEVEL="WARNING")
         env.setdefault("LAUNCHPULSE_PSEUDONYM_KEY", "pipeline-bench-key")
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "launchpulse.stream.cli", "worker", "--broker", broker_url,
@@ -632,14 +665,16 @@ def profile_run(broker_url: str, workdir: Path, messages: int, events: int, seco
 
 # -- 4. latency under offered load -----------------------------------------------------------
 
-async def offered_load(settings, w: Worker, events: list, rate: float, duration: float) -> dict:
+async def offered_load(settings, w: Worker, events: list, rate: float, duration: float, stamp: bool = False) -> dict:
+    """Send ``rate`` events a second for ``duration`` s. With ``stamp``, each event's time is the wall
+    clock when it is sent (a live feed); else the events' own times (the replay, cycled)."""
     from aiokafka import AIOKafkaProducer
 
     n = int(rate * duration)
-    evs = offered_events(events, n)
+    evs = events[:n] if stamp else offered_events(events, n)
     topics = [getattr(settings, KIND_TOPIC[e["kind"]]) for e in evs]
-    payloads = [orjson.dumps({k: v for k, v in e.items() if k != "kind"}) for e in evs]
-    clock_ts = [e["ts"] for e in evs]  # event times in send order (sorted; later passes shifted)
+    payloads = None if stamp else [orjson.dumps({k: v for k, v in e.items() if k != "kind"}) for e in evs]
+    clock_ts = [0] * n if stamp else [e["ts"] for e in evs]  # event times in send order (sorted)
     tracks = [e["kind"] != "catalog" for e in evs]
     sent_wall = [0.0] * n
     prod = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5,
@@ -669,8 +704,13 @@ async def offered_load(settings, w: Worker, events: list, rate: float, duration:
         while i < n:
             due = min(n, int((time.monotonic() - t0) * rate) + 1)
             while i < due:
-                sent_wall[i] = time.time()
-                futures.append(await prod.send(topics[i], payloads[i]))
+                sent_wall[i] = now = time.time()
+                if stamp:
+                    clock_ts[i] = ts = int(now * 1000)
+                    value = orjson.dumps({**{k: v for k, v in evs[i].items() if k != "kind"}, "ts": ts})
+                else:
+                    value = payloads[i]
+                futures.append(await prod.send(topics[i], value))
                 i += 1
             if len(futures) >= 5000:
                 await asyncio.gather(*futures)
@@ -728,7 +768,7 @@ def _iso_ms(s: str) -> int:
     return int(datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def send_to_signal(signals: list, clock: tuple) -> dict:
+def send_to_signal(signals: list, clock: tuple, grace_s: int = GRACE_S) -> dict:
     """Per signal: its Kafka timestamp minus the wall time the first event able to close its window was sent.
 
     A window [start, end) closes once the watermark reaches end + grace; the first time-tracking
@@ -744,7 +784,7 @@ def send_to_signal(signals: list, clock: tuple) -> dict:
     by_idle = 0
     for ts_ms, sig in signals:
         end = _iso_ms(sig["window"]["end"])
-        j = bisect.bisect_left(ts_track, end + GRACE_S * 1000)
+        j = bisect.bisect_left(ts_track, end + grace_s * 1000)
         if j >= len(ts_track):
             by_idle += 1
             continue
@@ -755,29 +795,39 @@ def send_to_signal(signals: list, clock: tuple) -> dict:
 
 
 def latency_run(broker_url: str, workdir: Path, events: list, rate: float, duration: float, tag: str,
-                drain_s: float = 60.0) -> dict:
+                drain_s: float = 60.0, window_s: int = WINDOW_S, grace_s: int = GRACE_S, live_catalog: list | None = None) -> dict:
+    """One offered load through a fresh worker. ``live_catalog``: a live feed (``live_feed``), its
+    catalogue sent first, event times stamped at send, windows of ``window_s``."""
     prefix = f"bench-lat{tag}-"
     s = settings_for(broker_url, prefix, f"bench-lat{tag}")
     from launchpulse.stream.admin import ensure_topics
 
     asyncio.run(ensure_topics(s))
-    w = Worker(broker_url, prefix, f"bench-lat{tag}", workdir)
+    w = Worker(broker_url, prefix, f"bench-lat{tag}", workdir, window_s, grace_s)
     try:
         w.wait_healthy()
+        if live_catalog:
+            now = int(time.time() * 1000)
+            asyncio.run(produce(s, [dict(e, ts=now) for e in live_catalog], 1))
         time.sleep(2.0)  # let the Faust agent's group settle too
-        res = asyncio.run(offered_load(s, w, events, rate, duration))
+        res = asyncio.run(offered_load(s, w, events, rate, duration, stamp=live_catalog is not None))
+        res.update(window_s=window_s, grace_s=grace_s, feed="live" if live_catalog else "instacart")
         clock = res.pop("_clock")
         # Drain (bounded) so windows closed during the offer get their signals; the worker's histogram
-        # is read again afterwards.
+        # is read again afterwards. Drained: every event sent counted and nothing moving; a worker busy
+        # closing windows moves nothing for a while, so a still snapshot alone is not the end.
         t0 = time.monotonic()
+        expect = res["events"] + len(live_catalog or ())
         drained = False
-        prev = None
-        while time.monotonic() - t0 < drain_s:
+        prev, moved_at = None, t0
+        while time.monotonic() - t0 < drain_s and time.monotonic() - moved_at < STUCK_S:
             p = w.progress()
             m = w.metrics()
             lag = metric_sum(m, "launchpulse_consumer_lag")
-            snap = p and (p["records_processed"], p["signals_sent"])
-            if p and lag == 0 and p["score_queue"] == 0 and snap == prev:
+            snap = p and (p["records_processed"], p["signals_sent"], p["events_counted"])
+            if snap != prev:
+                moved_at = time.monotonic()
+            elif p and lag == 0 and p["score_queue"] == 0 and p["events_counted"] >= expect:
                 drained = True
                 break
             prev = snap
@@ -797,7 +847,8 @@ def latency_run(broker_url: str, workdir: Path, events: list, rate: float, durat
     finally:
         w.stop()
     sigs = asyncio.run(read_signals(s))
-    res["send_to_signal"] = send_to_signal(sigs, clock)
+    res["send_to_signal"] = send_to_signal(sigs, clock, grace_s)
+    res["signal_types"] = dict(collections.Counter(v["type"] for _, v in sigs))
     return res
 
 
@@ -891,6 +942,8 @@ def _children(r: dict) -> str:
 def render_latency(lr: dict) -> str:
     L = []
     tag = f"{lr['rate_offered']:,.0f}/s offered for {lr['duration_offered_s']:.0f} s"
+    if lr.get("feed") == "live":
+        tag = f"live feed, {lr['window_s']} s windows, {tag}"
     wh, s2s = lr["worker_hist"], lr["send_to_signal"]
     c = lr["counts"]
     L.append(f"| latency @ {tag}: achieved send rate | {lr['rate_achieved']:,.0f} events/s "
@@ -947,6 +1000,10 @@ def main(argv=None) -> int:
                     help="step 3b: this many synthetic live clicks, single-event messages in one daily window, "
                          "through bare and pipeline (default 200,000; 0 skips)")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--live-rates", default="20000:60",
+                    help="step 4b, a live feed's latency: offered loads as RATE:SECONDS,... of live_feed events "
+                         "stamped with the wall clock as sent, in --live-window windows (default 20000:60; '' skips)")
+    ap.add_argument("--live-window", type=int, default=10, help="step 4b's window, seconds (grace: a fifth of it)")
     ap.add_argument("--drain-seconds", type=float, default=60.0, help="bound on the wait after each offered load")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="render the report from the --json files of earlier (partial) runs; runs nothing")
@@ -962,6 +1019,7 @@ def main(argv=None) -> int:
         args.rates = args.rates or "1000:10,20000:5"
         args.profile_seconds = args.profile_seconds or 8
         args.live_clicks = min(args.live_clicks, 20_000)
+        args.live_rates = "5000:20" if args.live_rates == "20000:60" else args.live_rates
     args.rates = args.rates or "2000:60,20000:30"
     args.profile_seconds = args.profile_seconds or 20
     doc = args.doc or (None if args.quick else str(ROOT / "docs" / "bench-pipeline.md"))
@@ -1039,6 +1097,16 @@ def main(argv=None) -> int:
                 out["latency"].append(lr)
                 log(f"latency @{rate:.0f}/s: achieved {lr['rate_achieved']:,.0f}/s, lag at end {lr['lag_at_offer_end']:,.0f}, "
                     f"worker hist {lr['worker_hist']}, send->signal {lr['send_to_signal']}")
+            for spec in filter(None, args.live_rates.split(",")):
+                rate, secs = (float(x) for x in spec.split(":"))
+                catalog, feed = live_feed(int(rate * secs))
+                # A live feed's backlog is drained within minutes (the replay's closing takes far longer).
+                lr = latency_run(url, workdir, feed, rate, secs, f"live{int(rate)}", max(args.drain_seconds, 180),
+                                 args.live_window, max(1, args.live_window // 5), catalog)
+                out["latency"].append(lr)
+                log(f"live latency @{rate:.0f}/s: achieved {lr['rate_achieved']:,.0f}/s, lag at end "
+                    f"{lr['lag_at_offer_end']:,.0f}, worker hist {lr['worker_hist']}, send->signal "
+                    f"{lr['send_to_signal']}, signals {lr['signal_types']}")
     finally:
         cleanup()
     if not args.skip_mlxtend:
