@@ -53,6 +53,18 @@ class CountedSignals:
         return hashlib.sha256(b"\n".join(sorted(self.values))).hexdigest()[:16]
 
 
+UNSENT = {"records": 0, "bytes": 0}  # what the flushes would have sent to the changelogs
+
+
+async def no_delivery(prev, state_records=(), meta_records=(), *a, **k) -> None:
+    """Stands in for ``Worker._deliver``: the flush's changelog and routed records are counted, not sent."""
+    if prev is not None:
+        await prev
+    for records in (state_records, meta_records):
+        UNSENT["records"] += len(records)
+        UNSENT["bytes"] += sum(len(r[2] or b"") + len(r[1]) for r in records)
+
+
 async def replay(args) -> dict:
     from launchpulse.models.routing import Partitioner
     from launchpulse.schemas.validate import Pseudonymiser, parse_message
@@ -70,9 +82,6 @@ async def replay(args) -> dict:
     worker._owned_parts = list(range(s.state_partitions))
     signals = worker.signals_topic = CountedSignals()
 
-    async def no_delivery(prev, *a, **k):  # the changelog and routed records are not sent
-        if prev is not None:
-            await prev
     worker._deliver = no_delivery
     _tune_gc()
 
@@ -138,7 +147,7 @@ async def replay(args) -> dict:
             "windows_closed": worker.metrics.windows_closed._value.get(), "t_ingest": t_ingest,
             "t_apply": t_apply, "t_close": t_close, "t_flush": t_flush, "t_score": t_score, "t_stages": t_stages,
             "signals": sum(signals.types.values()), "by_type": dict(sorted(signals.types.items())),
-            "digest": signals.digest()}
+            "digest": signals.digest(), "changelog": dict(UNSENT)}
 
 
 def main() -> int:
@@ -159,6 +168,8 @@ def main() -> int:
     print(f"close windows and decide on them (features, as-of):  {r['t_close']:6.2f} s")
     print(f"flush (serialise dirty states, totals, metas):       {r['t_flush']:6.2f} s")
     print(f"score and decide (scorer, rules, memory):            {r['t_score']:6.2f} s")
+    print(f"changelog records the flushes queued:               {r['changelog']['records']:,} "
+          f"({r['changelog']['bytes'] / 1e6:,.1f} MB)")
     print(f"state stages in all:                                 {r['t_stages']:6.2f} s ({n / r['t_stages']:,.0f} events/s)")
     print(f"signals: {r['signals']:,} {r['by_type']}, digest {r['digest']}")
     return 0

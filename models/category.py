@@ -56,7 +56,7 @@ from .decisions import CategoryEvidence, Thresholds
 from .trends import TrendModel
 from .windows import WindowConfig
 
-STATE_VERSION = 4  # 2: views and carts trends (series); 3: top sellers; 4: revenue
+STATE_VERSION = 5  # 2: views and carts trends (series); 3: top sellers; 4: revenue; 5: dedupe ids may be kept apart
 TOP_SELLERS = 5  # items with the most units in the latest closed window with sales (cold-start partners)
 DEFAULT_THRESHOLDS = Thresholds()
 MAX_GAP_WINDOWS = 48  # a longer silent gap teaches the category's trend only its last this-many zero windows
@@ -124,6 +124,7 @@ class CategoryState:
     top_sellers: list = field(default_factory=list)  # items with the most units in the latest closed window with sales
     _calendar_kept: int = field(default=0, repr=False, compare=False)  # len(calendar) after its latest prune
     _seen_kept: int = field(default=0, repr=False, compare=False)  # len(seen) after its latest prune (neither is state)
+    ids_persisted: int | None = field(default=None, repr=False, compare=False)  # as ItemState.ids_persisted
 
     # -- updates -------------------------------------------------------------------------
     def apply(self, rec: Mapping, cfg: WindowConfig) -> str:
@@ -272,6 +273,7 @@ class CategoryState:
         if len(self.seen) > 2 * self._seen_kept + 64:
             self.seen = {k: t for k, t in self.seen.items() if t >= horizon}
             self._seen_kept = len(self.seen)
+            self.ids_persisted = None
 
     # -- views ---------------------------------------------------------------------------
     def closed(self, cfg: WindowConfig) -> list[CategoryWindow]:
@@ -315,15 +317,19 @@ class CategoryState:
                 "top_sellers": list(self.top_sellers)}
 
     # -- state ---------------------------------------------------------------------------
-    def to_state(self) -> dict:
-        return {"version": STATE_VERSION, "category_id": self.category_id, "new_windows": self.new_windows,
-                "history_windows": self.history_windows, "max_items_per_window": self.max_items_per_window,
-                "max_calendar": self.max_calendar, "calendar": self.calendar,
-                "windows": {str(k): v for k, v in self.windows.items()},
-                "overflow": {str(k): v for k, v in self.overflow.items()}, "seen": self.seen,
-                "first_seen": self.first_seen, "closed_through": self.closed_through, "n_closed": self.n_closed,
-                "history": self.history, "trend": self.trend.to_state(), "signal_memory": self.signal_memory,
-                "series": {k: m.to_state() for k, m in self.series.items()}, "top_sellers": self.top_sellers}
+    def to_state(self, ids: bool = True) -> dict:
+        """The state as plain data; ``ids=False`` leaves the dedupe ids out (as ItemState.to_state)."""
+        d = {"version": STATE_VERSION, "category_id": self.category_id, "new_windows": self.new_windows,
+             "history_windows": self.history_windows, "max_items_per_window": self.max_items_per_window,
+             "max_calendar": self.max_calendar, "calendar": self.calendar,
+             "windows": {str(k): v for k, v in self.windows.items()},
+             "overflow": {str(k): v for k, v in self.overflow.items()},
+             "first_seen": self.first_seen, "closed_through": self.closed_through, "n_closed": self.n_closed,
+             "history": self.history, "trend": self.trend.to_state(), "signal_memory": self.signal_memory,
+             "series": {k: m.to_state() for k, m in self.series.items()}, "top_sellers": self.top_sellers}
+        if ids:
+            d["seen"] = self.seen
+        return d
 
     @classmethod
     def from_state(cls, d: Mapping) -> CategoryState:
@@ -335,12 +341,12 @@ class CategoryState:
             d = {**d, "windows": {k: {i: list(r) + [0.0] * (4 - len(r)) for i, r in v.items()} for k, v in d["windows"].items()},
                  "overflow": {k: list(r) + [0.0] * (4 - len(r)) for k, r in d["overflow"].items()},
                  "history": [list(h) + [0.0] * (12 - len(h)) for h in d["history"]]}
-        elif version != STATE_VERSION:
+        elif version not in (4, STATE_VERSION):  # 4 -> 5: nothing to convert (its ids are inline)
             raise ValueError(f"category state version {d.get('version')!r} is not {STATE_VERSION}")
         return cls(d["category_id"], d["new_windows"], d["history_windows"], d["max_items_per_window"],
                    d["max_calendar"], {k: list(v) for k, v in d["calendar"].items()},
                    {int(k): {i: list(r) for i, r in v.items()} for k, v in d["windows"].items()},
-                   {int(k): list(v) for k, v in d["overflow"].items()}, dict(d["seen"]), d["first_seen"],
+                   {int(k): list(v) for k, v in d["overflow"].items()}, dict(d.get("seen") or ()), d["first_seen"],
                    d["closed_through"], d["n_closed"], [list(v) for v in d["history"]],
                    TrendModel.from_state(d["trend"]), dict(d["signal_memory"]),
                    {k: TrendModel.from_state(v) for k, v in d["series"].items()}, list(d["top_sellers"]))

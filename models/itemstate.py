@@ -16,8 +16,9 @@ from .sessions import learn_session_record
 from .trends import TrendModel
 from .windows import WindowConfig
 
-STATE_VERSION = 7  # 4: expected conversions since the previous scored window; 5: primary orders per window;
-#                    6: trends of the views, carts and revenue series; 7: closed sessions per window of their close
+STATE_VERSION = 8  # 4: expected conversions since the previous scored window; 5: primary orders per window;
+#                    6: trends of the views, carts and revenue series; 7: closed sessions per window of their close;
+#                    8: the dedupe ids may be kept apart (to_state(ids=False), models.dedupe)
 
 RECORD_FIELDS = {
     "k": "kind: 'c' clickstream, 'o' order line, 'g' catalog",
@@ -99,6 +100,9 @@ class ItemState:
     first_seen: int | None = None
     seen: dict = field(default_factory=dict)  # dedupe id -> ts, kept for the grace horizon
     _seen_kept: int = field(default=0, repr=False, compare=False)  # len(seen) after its latest prune (not state)
+    # How many of seen's ids (the first, in insertion order) are persisted apart (models.dedupe); None when
+    # unknown, or since a prune rebuilt seen. Kept by the writer, not state.
+    ids_persisted: int | None = field(default=None, repr=False, compare=False)
     windows: dict = field(default_factory=dict)  # window start ms -> list of COUNTERS
     closed_through: int | None = None  # start of the last closed window
     totals: list = field(default_factory=lambda: [0.0] * len(COUNTERS))
@@ -344,6 +348,7 @@ class ItemState:
             # looked up again (its record is late before the dedupe check), so keeping it changes nothing.
             self.seen = {k: t for k, t in self.seen.items() if t >= horizon}
             self._seen_kept = len(self.seen)
+            self.ids_persisted = None
         if self.assoc.owner_prunes:
             self.assoc.drop_windows_before(keep_from)
 
@@ -353,12 +358,14 @@ class ItemState:
                  **dict(zip(COUNTERS, c))} for s, c in sorted(self.windows.items())]
 
     # -- state ---------------------------------------------------------------------------
-    def to_state(self) -> dict:
-        return {
+    def to_state(self, ids: bool = True) -> dict:
+        """The state as plain data; ``ids=False`` leaves the dedupe ids out, for a writer that keeps
+        them apart (models.dedupe) and gives them back to :meth:`from_state` as ``seen``."""
+        d = {
             "version": STATE_VERSION, "item_id": self.item_id, "category_id": self.category_id,
             "price": self.price, "stock": self.stock, "stock_ts": self.stock_ts,
             "units_since_stock": self.units_since_stock, "status": self.status,
-            "launched_at": self.launched_at, "first_seen": self.first_seen, "seen": self.seen,
+            "launched_at": self.launched_at, "first_seen": self.first_seen,
             "windows": {str(k): v for k, v in self.windows.items()}, "closed_through": self.closed_through,
             "totals": self.totals, "closed_totals": self.closed_totals, "n_closed": self.n_closed, "idle_run": self.idle_run, "primary_orders": self.primary_orders,
             "primary_windows": {str(k): v for k, v in self.primary_windows.items()}, "assoc": self.assoc.to_state(), "trend": self.trend.to_state(),
@@ -367,6 +374,9 @@ class ItemState:
             "session_seen": self.session_seen, "expected_conversions": self.expected_conversions,
             "session_windows": {str(k): v for k, v in self.session_windows.items()},
         }
+        if ids:
+            d["seen"] = self.seen
+        return d
 
     @classmethod
     def from_state(cls, d: dict) -> "ItemState":
@@ -386,12 +396,12 @@ class ItemState:
             nxt = d["closed_through"] or 0  # at or before the next window to close: its row takes them
             d = {**d, "session_windows": ({str(nxt): [round(d["ec_since_close"] * 1_000_000), d["sessions_since_close"]]}
                                           if d["sessions_since_close"] else {})}
-        elif version != STATE_VERSION:
+        elif version not in (7, STATE_VERSION):  # 7 -> 8: nothing to convert (its ids are inline)
             raise ValueError(f"item state version {version!r} is not {STATE_VERSION}")
         return cls(
             item_id=d["item_id"], category_id=d["category_id"], price=d["price"], stock=d["stock"],
             stock_ts=d["stock_ts"], units_since_stock=d["units_since_stock"], status=d["status"],
-            launched_at=d["launched_at"], first_seen=d["first_seen"], seen=dict(d["seen"]),
+            launched_at=d["launched_at"], first_seen=d["first_seen"], seen=dict(d.get("seen") or ()),
             windows={int(k): v for k, v in d["windows"].items()}, closed_through=d["closed_through"],
             totals=list(d["totals"]), closed_totals=list(d["closed_totals"]), n_closed=d["n_closed"], idle_run=d["idle_run"], primary_orders=d["primary_orders"],
             primary_windows={int(k): v for k, v in d["primary_windows"].items()}, assoc=ItemAssociations.from_state(d["assoc"]),

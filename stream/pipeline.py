@@ -20,6 +20,7 @@ import orjson
 
 from launchpulse.models import features
 from launchpulse.models.category import CategoryState, cadence_evidence, close_steps
+from launchpulse.models.dedupe import chunk_key, plan_ids_write, read_ids
 from launchpulse.models.decisions import (
     CADENCE_MODEL_VERSION,
     HOMOGENEITY_MODEL_VERSION,
@@ -112,6 +113,11 @@ class Worker:
         # Deserialised item states of the partitions this worker owns; the table holds the truth
         # (bytes, changelogged) and the cache is dropped at every rebalance.
         self.cache: dict[str, ItemState] = {}
+        # The dedupe ids of item and category states go to chunk records of their own, a flush writing
+        # only the new ones (models.dedupe): the chunks [first, next) each cached state points at, and
+        # the chunks replaced by a compaction, deleted by the next flush (once the state is delivered).
+        self._ids_range: dict[str, list] = {}
+        self._ids_garbage: list[tuple[bytes, int]] = []
         self.metas: dict[int, PartitionMeta] = {}
         self.dirty_items: set[str] = set()
         self.dirty_totals: set[str] = set()
@@ -212,6 +218,7 @@ class Worker:
             await self._flush()
         await self._delivered()
         self.cache.clear()
+        self._ids_range.clear()
         self.metas.clear()
         self.category_priors.clear()
         self._owned_parts = None
@@ -225,6 +232,7 @@ class Worker:
             self._resume_all_paused()
         # Partitions may have moved in: read their state from the (recovered) tables again.
         self.cache.clear()
+        self._ids_range.clear()
         self.metas.clear()
         self.category_priors.clear()
         self._owned_parts = None
@@ -323,11 +331,22 @@ class Worker:
             t0 = time.perf_counter()
             cache = self.cache
             writes = self._table_writes
+            garbage, self._ids_garbage = self._ids_garbage, []
+            for ckey, part in garbage:  # chunks compacted away by the previous flush, now delivered
+                writes(self.items, ckey, None, None, part)
             for key in self.dirty_items:
                 if key not in self.deleted:
-                    writes(self.items, key.encode(), None, orjson.dumps(cache[key].to_state()))
+                    st = cache[key]
+                    if type(st) is UserSessions:  # a user's ids live and go with its sessions: small
+                        writes(self.items, key.encode(), None, orjson.dumps(st.to_state()))
+                    else:
+                        self._write_with_ids(key, st)
             for key in self.deleted:
-                writes(self.items, key.encode(), None, None)
+                kb = key.encode()
+                rng = self._ids_range.pop(key, None)
+                if rng is not None:
+                    self._ids_garbage.extend((chunk_key(kb, n), self._partition(kb)) for n in range(*rng))
+                writes(self.items, kb, None, None)
                 cache.pop(key, None)
             for key in self.dirty_totals:
                 st = cache[key]
@@ -421,7 +440,41 @@ class Worker:
         self._pending_writes.append((self.totals.topic, key, orjson.dumps(value),
                                      self._partition(key)))
 
-    def _table_writes(self, table, key: bytes, value, raw: bytes | None) -> None:
+    def _write_with_ids(self, key: str, st) -> None:
+        """Queue an item's or a category's state, its new dedupe ids in a chunk of their own first.
+
+        The chunks go to the state's own changelog partition, before the state: a state on the broker
+        never points at a chunk that is not (a partition keeps its order). See models.dedupe.
+        """
+        kb = key.encode()
+        part = self._partition(kb)
+        rng, chunks, garbage = plan_ids_write(st.seen, st.ids_persisted, self._ids_range.get(key))
+        for n, ids in chunks:
+            self._table_writes(self.items, chunk_key(kb, n), None, orjson.dumps(ids), part)
+        if garbage:
+            self._ids_garbage.extend((chunk_key(kb, n), part) for n in garbage)
+        self._ids_range[key] = rng
+        st.ids_persisted = len(st.seen)
+        doc = st.to_state(ids=False)
+        doc["ids"] = rng
+        self._table_writes(self.items, kb, None, orjson.dumps(doc), part)
+
+    def _with_ids(self, key: str, doc: dict) -> tuple[dict, bool]:
+        """A stored item or category state with its dedupe ids read back from their chunks; and whether
+        they all were (an older state holds its ids inline)."""
+        rng = doc.get("ids")
+        if rng is None:
+            return doc, False
+        kb = key.encode()
+        self._ids_range[key] = rng  # the next write compacts into a new chunk when the ids are incomplete
+        ids = read_ids(_store(self.items).get, kb, rng)
+        if ids is None:  # cannot happen in the order chunks are written; say so rather than stop
+            log.error("dedupe ids of %s missing (chunks %s): records of its open windows read again would "
+                      "count twice", key, rng)
+            return doc, False
+        return {**doc, "seen": ids}, True
+
+    def _table_writes(self, table, key: bytes, value, raw: bytes | None, partition: int | None = None) -> None:
         """Set a key in a table's local store and queue its changelog record (None: delete).
 
         Faust's own ``table[key] = value`` sends each changelog record through its producer
@@ -435,7 +488,7 @@ class Worker:
         else:
             store[key] = raw if value is None else value
         topic = table.changelog_topic.get_topic_name()
-        self._pending_writes.append((topic, key, raw, self._partition(key)))
+        self._pending_writes.append((topic, key, raw, self._partition(key) if partition is None else partition))
 
     def _state(self, key: str):
         """The state behind a key: ItemState, or UserSessions (``user:``), or CategoryState (``category:``)."""
@@ -444,17 +497,23 @@ class Worker:
             raw = _store(self.items).get(key.encode())
             if key.startswith(USER_KEY_PREFIX):
                 st = UserSessions.from_state(orjson.loads(raw)) if raw else UserSessions(key)
-            elif key.startswith(CATEGORY_KEY_PREFIX):
-                st = CategoryState.from_state(orjson.loads(raw)) if raw else CategoryState(
-                    key[len(CATEGORY_KEY_PREFIX):], new_windows=self.thresholds.new_item_windows)
             else:
-                st = ItemState.from_state(orjson.loads(raw)) if raw else ItemState(
-                    key, assoc=ItemAssociations(key, window_ms=self.cfg.size_ms, keep_windows=RECENT_WINDOWS,
-                                                owner_prunes=True))
+                if raw:
+                    doc, complete = self._with_ids(key, orjson.loads(raw))
+                if key.startswith(CATEGORY_KEY_PREFIX):
+                    st = CategoryState.from_state(doc) if raw else CategoryState(
+                        key[len(CATEGORY_KEY_PREFIX):], new_windows=self.thresholds.new_item_windows)
+                else:
+                    st = ItemState.from_state(doc) if raw else ItemState(
+                        key, assoc=ItemAssociations(key, window_ms=self.cfg.size_ms, keep_windows=RECENT_WINDOWS,
+                                                    owner_prunes=True))
+                if raw and complete:
+                    st.ids_persisted = len(st.seen)
             if len(self.cache) >= CACHE_MAX_ITEMS:
                 # Evict clean entries only; dirty ones are written at the next flush.
                 for k in [k for k in list(self.cache)[: CACHE_MAX_ITEMS // 5] if k not in self.dirty_items]:
                     del self.cache[k]
+                    self._ids_range.pop(k, None)
             self.cache[key] = st
         return st
 
