@@ -58,7 +58,7 @@ import math
 
 __all__ = ["TrendModel", "summarise", "STATE_VERSION"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: parameters at their defaults are left out of the state (1 still loads)
 
 # (alpha, beta, gamma, phi) grid shared by the raw and the log halves of the pool.
 DEFAULT_GRID: tuple[tuple[float, float, float, float], ...] = (
@@ -79,18 +79,30 @@ def _mean(xs):
     return sum(xs) / len(xs)
 
 
-_FLOAT_GRIDS: dict[tuple, list] = {}  # a constant grid -> its float rows, shared (never mutated)
+_FLOAT_GRIDS: dict[tuple, list] = {}  # a grid -> its float rows, shared (never mutated)
 
 
 def _float_grid(grid) -> list:
-    """The grid as a list of float tuples; built once per constant (tuple) grid: every new item
+    """The grid as a list of float tuples, one shared list per distinct grid (a model whose grid is
+    the default's list is known to have it without a comparison: see _state_params). Every new item
     builds a model, and converting the default grid cost about 20 us of it."""
-    if type(grid) is tuple:
-        rows = _FLOAT_GRIDS.get(grid)
+    rows = _FLOAT_GRIDS.get(grid) if type(grid) is tuple else None
+    if rows is None:
+        key = tuple(tuple(float(v) for v in g) for g in grid)
+        rows = _FLOAT_GRIDS.get(key)
         if rows is None:
-            rows = _FLOAT_GRIDS[grid] = [tuple(float(v) for v in g) for g in grid]
-        return rows
-    return [tuple(float(v) for v in g) for g in grid]
+            rows = list(key)
+            if len(_FLOAT_GRIDS) < 256:  # a few constant grids in practice; never grows without bound
+                _FLOAT_GRIDS[key] = rows
+        if type(grid) is tuple and len(_FLOAT_GRIDS) < 256:
+            _FLOAT_GRIDS[grid] = rows
+    return rows
+
+
+# Parameter defaults (min_history's depends on the season length); a state leaves these out.
+PARAM_DEFAULTS = {"use_log": True, "top_k": 3, "err_decay": 0.9, "cusum_k": 0.75, "cusum_h": 5.0,
+                  "burst_warmup": 6, "burst_hold": 1, "scale_decay": 0.95, "cusum_clip": 5.0, "robust_clip": 3.0,
+                  "min_run": 2, "confirm_z": 1.5, "relevel_on_burst": False}
 
 
 class TrendModel:
@@ -145,21 +157,22 @@ class TrendModel:
         self.horizon = int(horizon)
         grid = params.pop("grid", DEFAULT_GRID)
         self.grid = _float_grid(grid)
-        self.use_log = bool(params.pop("use_log", True))
-        self.top_k = int(params.pop("top_k", 3))
-        self.err_decay = float(params.pop("err_decay", 0.9))
+        d = PARAM_DEFAULTS
+        self.use_log = bool(params.pop("use_log", d["use_log"]))
+        self.top_k = int(params.pop("top_k", d["top_k"]))
+        self.err_decay = float(params.pop("err_decay", d["err_decay"]))
         m = self.season_length
         self.min_history = int(params.pop("min_history", 2 * m if m else 3))
-        self.cusum_k = float(params.pop("cusum_k", 0.75))
-        self.cusum_h = float(params.pop("cusum_h", 5.0))
-        self.burst_warmup = int(params.pop("burst_warmup", 6))
-        self.burst_hold = int(params.pop("burst_hold", 1))
-        self.scale_decay = float(params.pop("scale_decay", 0.95))
-        self.cusum_clip = float(params.pop("cusum_clip", 5.0))
-        self.robust_clip = float(params.pop("robust_clip", 3.0))
-        self.min_run = int(params.pop("min_run", 2))
-        self.confirm_z = float(params.pop("confirm_z", 1.5))
-        self.relevel_on_burst = bool(params.pop("relevel_on_burst", False))
+        self.cusum_k = float(params.pop("cusum_k", d["cusum_k"]))
+        self.cusum_h = float(params.pop("cusum_h", d["cusum_h"]))
+        self.burst_warmup = int(params.pop("burst_warmup", d["burst_warmup"]))
+        self.burst_hold = int(params.pop("burst_hold", d["burst_hold"]))
+        self.scale_decay = float(params.pop("scale_decay", d["scale_decay"]))
+        self.cusum_clip = float(params.pop("cusum_clip", d["cusum_clip"]))
+        self.robust_clip = float(params.pop("robust_clip", d["robust_clip"]))
+        self.min_run = int(params.pop("min_run", d["min_run"]))
+        self.confirm_z = float(params.pop("confirm_z", d["confirm_z"]))
+        self.relevel_on_burst = bool(params.pop("relevel_on_burst", d["relevel_on_burst"]))
         if params:
             raise TypeError(f"unknown parameters: {sorted(params)}")
         self._reset_state()
@@ -206,14 +219,30 @@ class TrendModel:
             "relevel_on_burst": self.relevel_on_burst,
         }
 
+    def _state_params(self) -> dict:
+        """The parameters that differ from their defaults: every item's state holds up to four models,
+        and their parameters, written out in full, were about a third of a trained model's bytes.
+        Parameters never change after construction: worked out once per model (a copy from fresh()
+        shares it)."""
+        out = self.__dict__.get("_state_params_cache")
+        if out is None:
+            out = {k: v for k, v in self._params().items() if k in PARAM_DEFAULTS and v != PARAM_DEFAULTS[k]}
+            m = self.season_length
+            if self.min_history != (2 * m if m else 3):
+                out["min_history"] = self.min_history
+            if self.grid is not _float_grid(DEFAULT_GRID):
+                out["grid"] = [list(g) for g in self.grid]
+            self._state_params_cache = out
+        return dict(out)
+
     def to_state(self) -> dict:
-        """Plain, JSON-serialisable, versioned state."""
+        """Plain, JSON-serialisable, versioned state (parameters at their defaults left out)."""
         return {
             "version": STATE_VERSION,
             "kind": "TrendModel",
             "season_length": self.season_length,
             "horizon": self.horizon,
-            "params": self._params(),
+            "params": self._state_params(),
             "n": self._n,
             "t": self._t,
             "buffer": list(self._buffer),
@@ -235,7 +264,7 @@ class TrendModel:
 
     @classmethod
     def from_state(cls, d: dict) -> "TrendModel":
-        if d.get("version") != STATE_VERSION:
+        if d.get("version") not in (1, STATE_VERSION):  # 1: every parameter written out
             raise ValueError(f"unsupported TrendModel state version: {d.get('version')!r}")
         m = cls(season_length=d["season_length"], horizon=d["horizon"], **d["params"])
         m._n = int(d["n"])
