@@ -276,9 +276,13 @@ class UserSessions:
 
     def next_close_ms(self, cfg: SessionConfig) -> int | None:
         """The watermark at which the next open session closes (None: none open)."""
-        if not self.sessions:
+        sessions = self.sessions
+        if not sessions:
             return None
-        return min(s.last_ts for s in self.sessions.values()) + cfg.gap_ms + cfg.grace_ms
+        if len(sessions) == 1:  # nearly always: a user has one session open
+            for s in sessions.values():
+                return s.last_ts + cfg.gap_ms + cfg.grace_ms
+        return min(s.last_ts for s in sessions.values()) + cfg.gap_ms + cfg.grace_ms
 
     def next_due_ms(self, cfg: SessionConfig) -> int | None:
         """The watermark at which this user's state must be visited next: the next session close, else
@@ -376,12 +380,19 @@ class DueIndex:
     the latest push wins, None forgets the key); :meth:`pop_due` returns each key whose latest due
     time has passed, once. Closing it and pushing its new next due time is the caller's part.
 
+    A due time that moves later (a session's newest event, at nearly every click of a live feed)
+    costs no heap push: the key's earlier entry comes up first and is put back at the latest time
+    then. Invariant: every key held has an entry in the heap no later than its latest due time.
+
     >>> d = DueIndex()
     >>> d.push("user:a", 50); d.push("user:b", 10); d.push("user:a", 60)
     >>> d.pop_due(55)
     ['user:b']
     >>> d.pop_due(100)
     ['user:a']
+    >>> d.push("user:c", 80); d.push("user:c", 30)  # moved earlier: pushed
+    >>> d.pop_due(40), d.pop_due(90)
+    (['user:c'], [])
     """
 
     __slots__ = ("_due", "_heap")
@@ -394,9 +405,12 @@ class DueIndex:
         if due_ms is None:
             self._due.pop(key, None)
             return
-        if self._due.get(key) == due_ms:
+        cur = self._due.get(key)
+        if cur == due_ms:
             return
         self._due[key] = due_ms
+        if cur is not None and cur < due_ms:
+            return  # its entry at cur comes up first (see pop_due)
         heapq.heappush(self._heap, (due_ms, key))
         if len(self._heap) > 4 * len(self._due) + 1024:  # drop stale entries
             self._heap = [(d, k) for k, d in self._due.items()]
@@ -405,11 +419,17 @@ class DueIndex:
     def pop_due(self, watermark_ms: int) -> list[str]:
         out = []
         h = self._heap
+        due_of = self._due
         while h and h[0][0] <= watermark_ms:
             due, key = heapq.heappop(h)
-            if self._due.get(key) == due:
-                del self._due[key]
+            cur = due_of.get(key)
+            if cur is None or cur < due:
+                continue  # forgotten, or an earlier entry of it came up already
+            if cur <= watermark_ms:
+                del due_of[key]
                 out.append(key)
+            else:
+                heapq.heappush(h, (cur, key))  # it moved later since this entry was pushed
         return out
 
     def __len__(self) -> int:

@@ -559,11 +559,14 @@ class Worker:
         wm_before = meta.watermark
         counted: dict[tuple, int] = {}  # (topic, outcome) -> events: metrics once per envelope
         pending_sets: dict[int, tuple] = {}  # window start -> (meta.pending sets of it and of its dormancy check)
+        cache, state_of, deleted = self.cache, self._state, self.deleted
         for rec in recs:
             key = rec.get("K")
             if key is None:
                 key = rec["i"]
-            st = self._state(key)
+            st = cache.get(key)
+            if st is None:
+                st = state_of(key)
             kind = type(st)
             if rec["k"] == "s":
                 # A closed session, from its user's owner: never late (it carries the close time).
@@ -590,7 +593,7 @@ class Worker:
                 # Also on a duplicate: after a crash between writes of one flush, the replayed
                 # duplicates rewrite what the lost writes held (all of these are idempotent).
                 dirty.add(key)
-                self.deleted.discard(key)
+                deleted.discard(key)
                 if kind is ItemState and rec["i"] is not None:
                     start = cfg.start_of(rec["t"])
                     sets = pending_sets.get(start)

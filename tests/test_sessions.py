@@ -342,3 +342,33 @@ def test_session_routing_records():
     for ev in (c, o, CatalogEvent("a", 1, "A", "c", 1.0, "live", None, None)):
         assert route_event_extended(ev, sessions=False, categories=False) == route_event(ev)
         assert sum(r["n"] for _k, r in route_event_extended(ev)) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("push"), st.sampled_from("abcde"), st.one_of(st.none(), st.integers(0, 100))),
+    st.tuples(st.just("pop"), st.integers(0, 100)),
+    st.tuples(st.just("save"))), max_size=120))
+def test_due_index_pops_each_key_once_its_latest_due_time_has_passed(ops):
+    """Against a plain dict of latest due times: pop_due gives exactly the keys whose latest due time
+    the watermark has passed (a due time that moved later is pushed lazily), also across a state round trip."""
+    d, ref, wm = DueIndex(), {}, 0
+    for op in ops:
+        if op[0] == "push":
+            _, key, due = op
+            d.push(key, due)
+            if due is None:
+                ref.pop(key, None)
+            else:
+                ref[key] = due
+        elif op[0] == "pop":
+            wm = max(wm, op[1])
+            want = {k for k, due in ref.items() if due <= wm}
+            assert set(d.pop_due(wm)) == want
+            for k in want:
+                del ref[k]
+        else:
+            d = DueIndex.from_state(json.loads(json.dumps(d.to_state())))
+        assert len(d) == len(ref)
+        lb = d.next_due_ms()
+        assert not ref or (lb is not None and lb <= min(ref.values()))  # a lower bound (stale entries allowed)
