@@ -37,24 +37,39 @@ def main() -> int:
     ap.add_argument("--close", action="store_true",
                     help="then move the watermark past the day: close its sessions, then every item's and "
                          "category's daily window at once (a live feed's window boundary), decide and score")
+    ap.add_argument("--days", type=int, default=1,
+                    help="with --close: this many days of the same clicks (new ids, the same users and items), "
+                         "each closed at its end; from the second, the items' models have history to decide on")
     args = ap.parse_args()
     os.environ.setdefault("LAUNCHPULSE_PSEUDONYM_KEY", "state-stage-bench")
     os.environ["LAUNCHPULSE_WINDOW_SECONDS"], os.environ["LAUNCHPULSE_GRACE_SECONDS"] = "86400", "3600"
 
     from pipeline_bench import live_clicks
 
-    from launchpulse.models.routing import Partitioner
-    from launchpulse.schemas.validate import Pseudonymiser, parse_message
     from launchpulse.stream.cli import _tune_gc
-    from launchpulse.stream.ingest import route_events
     from launchpulse.stream.pipeline import Worker
     from launchpulse.stream.settings import Settings
 
     s = Settings.from_env()
-    msgs = [orjson.dumps({k: v for k, v in e.items() if k != "kind"}) for e in live_clicks(args.clicks)]
+    clicks = live_clicks(args.clicks)
     asyncio.set_event_loop(asyncio.new_event_loop())
     worker = Worker(s)  # its Faust app and tables are built, never started
     _tune_gc()
+    for day in range(args.days if args.close else 1):
+        later = {} if day == 0 else None
+        msgs = [orjson.dumps({k: v for k, v in e.items() if k != "kind"} if later is not None else
+                             {**{k: v for k, v in e.items() if k != "kind"}, "ts": e["ts"] + day * 86_400_000,
+                              "event_id": f"{e['event_id']}~{day}", "session_id": f"{e['session_id']}~{day}"})
+                for e in clicks]
+        one_day(args, s, worker, msgs, day)
+    return 0
+
+
+def one_day(args, s, worker, msgs: list, day: int) -> None:
+    """One day's clicks through ingest and the state stage (and its boundary, with --close)."""
+    from launchpulse.models.routing import Partitioner
+    from launchpulse.schemas.validate import Pseudonymiser, parse_message
+    from launchpulse.stream.ingest import route_events
 
     # Ingest: Ingest.process's loop, batches of ingest_max_records messages.
     pseudonymise, owner = Pseudonymiser(s.pseudonym_key), Partitioner(s.state_partitions)
@@ -74,8 +89,7 @@ def main() -> int:
     # State: the worker's envelope application; its flush (without the delivery) every --flush-every envelopes.
     from replay_stage_bench import UNSENT, no_delivery
 
-    worker._close_sessions = lambda *a, **k: None  # nothing closes inside one daily window
-    worker._deliver = no_delivery
+    worker._deliver = no_delivery  # (nothing closes inside a day: its envelopes carry no watermark report)
     loop = asyncio.get_event_loop()
     prof = cProfile.Profile() if args.profile else None
     t_flush = 0.0
@@ -92,6 +106,8 @@ def main() -> int:
     if prof:
         prof.disable()
     n = len(msgs)
+    if day:
+        print(f"-- day {day + 1}")
     print(f"{n:,} clicks, {worker.records_processed:,} records in {len(envelopes):,} envelopes")
     print(f"ingest (parse, validate, pseudonymise, route, pack): {t_ingest / n * 1e6:.1f} us a click ({n / t_ingest:,.0f}/s)")
     print(f"state (apply the records):                          {t_state / n * 1e6:.1f} us a click ({n / t_state:,.0f}/s)")
@@ -101,7 +117,6 @@ def main() -> int:
         boundary(worker, s, max(ev["ts"] for ev in map(orjson.loads, msgs[-1:])))
     if prof:
         pstats.Stats(prof).sort_stats("tottime").print_stats(20)
-    return 0
 
 
 def boundary(worker, s, last_ts: int) -> None:
@@ -111,7 +126,6 @@ def boundary(worker, s, last_ts: int) -> None:
     Signals are counted, not sent."""
     from replay_stage_bench import CountedSignals
 
-    del worker._close_sessions  # the worker's own again
     worker._owned_parts = list(range(s.state_partitions))
     signals = worker.signals_topic = CountedSignals()
     cfg = worker.cfg
