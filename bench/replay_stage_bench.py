@@ -70,7 +70,7 @@ async def replay(args) -> dict:
     from launchpulse.schemas.validate import Pseudonymiser, parse_message
     from launchpulse.stream.cli import _load_scorer, _tune_gc
     from launchpulse.stream.datasets import instacart_events
-    from launchpulse.stream.ingest import route_events
+    from launchpulse.stream.ingest import pack_envelopes, route_events
     from launchpulse.stream.pipeline import Worker
     from launchpulse.stream.settings import Settings
 
@@ -100,18 +100,12 @@ async def replay(args) -> dict:
         if (offset + 1) % s.ingest_max_records == 0 or offset == len(msgs) - 1:
             report = {"input:0": [read_max, False, time.time()]}
             for part in range(s.state_partitions):
-                recs = routed.get(part, [])
-                starts = range(0, max(len(recs), 1), s.envelope_max_records)
-                for i in starts:
-                    env = {"src": "bench", "at": time.time(), "r": recs[i:i + s.envelope_max_records]}
-                    if i == starts[-1]:
-                        env["pw"], env["np"] = report, 1
-                    envelopes.append((part, orjson.dumps(env)))
+                envelopes += [(part, env) for env in
+                              pack_envelopes("bench", routed.get(part, []), s.envelope_max_records, report, 1)]
             routed = defaultdict(list)
     t_ingest = time.perf_counter() - t0
 
     # State, closing, flush and scoring, as the agent, the flush timer and the scorer task run them.
-    loop = asyncio.get_running_loop()
     t_apply = t_close = t_flush = t_score = 0.0
     prof = cProfile.Profile() if args.profile else None
     if prof:
@@ -131,10 +125,7 @@ async def replay(args) -> dict:
             last_flush = time.perf_counter()
             t_flush += last_flush - t3
         t4 = time.perf_counter()
-        while worker.score_queue:
-            batch = worker.score_queue[: s.score_max_rows]
-            del worker.score_queue[: len(batch)]
-            await worker._score_batch(loop, batch)
+        await worker._score_queued()
         t_score += time.perf_counter() - t4
     t4 = time.perf_counter()
     await worker._flush()

@@ -69,7 +69,7 @@ def one_day(args, s, worker, msgs: list, day: int) -> None:
     """One day's clicks through ingest and the state stage (and its boundary, with --close)."""
     from launchpulse.models.routing import Partitioner
     from launchpulse.schemas.validate import Pseudonymiser, parse_message
-    from launchpulse.stream.ingest import route_events
+    from launchpulse.stream.ingest import pack_envelopes, route_events
 
     # Ingest: Ingest.process's loop, batches of ingest_max_records messages.
     pseudonymise, owner = Pseudonymiser(s.pseudonym_key), Partitioner(s.state_partitions)
@@ -79,10 +79,8 @@ def one_day(args, s, worker, msgs: list, day: int) -> None:
     for offset, raw in enumerate(msgs):
         route_events(parse_message(raw, "clickstream", pseudonymise).events, ["clickstream", 0, offset], owner, routed)
         if (offset + 1) % s.ingest_max_records == 0 or offset == len(msgs) - 1:
-            step = s.envelope_max_records
             for part, recs in routed.items():
-                for i in range(0, len(recs), step):
-                    envelopes.append((part, orjson.dumps({"src": "bench", "at": time.time(), "r": recs[i:i + step]})))
+                envelopes += [(part, env) for env in pack_envelopes("bench", recs, s.envelope_max_records)]
             routed = defaultdict(list)
     t_ingest = time.perf_counter() - t0
 
@@ -141,10 +139,7 @@ def boundary(worker, s, last_ts: int) -> None:
         times.append(time.perf_counter() - t0)
     closed = len(worker.score_queue)
     t0 = time.perf_counter()
-    while worker.score_queue:
-        batch = worker.score_queue[: s.score_max_rows]
-        del worker.score_queue[: len(batch)]
-        loop.run_until_complete(worker._score_batch(loop, batch))
+    loop.run_until_complete(worker._score_queued())
     t_score = time.perf_counter() - t0
     print(f"day's end: sessions closed in {times[0]:.2f} s; {closed:,} item windows closed and decided on in "
           f"{times[1]:.2f} s ({times[1] / max(closed, 1) * 1e6:.0f} us each), scored and decided in {t_score:.2f} s "

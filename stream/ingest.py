@@ -345,19 +345,28 @@ class Ingest:
             if report is not None:
                 self._sent_report[part] = gist
                 self._sent_at[part] = now
-            starts = range(0, max(len(recs), 1), step)
-            for i in starts:
-                env = {"src": self.instance, "at": time.time(), "r": recs[i:i + step]}
-                if report is not None and i == starts[-1]:
-                    # Only the batch's last envelope moves time: the owner closes windows when it
-                    # hears it, and the records of the earlier envelopes must land first.
-                    env["pw"] = report
-                    env["np"] = n_total
-                futures.append(await prod.send(s.routed_topic, orjson.dumps(env), partition=part))
+            for env in pack_envelopes(self.instance, recs, step, report, n_total):
+                futures.append(await prod.send(s.routed_topic, env, partition=part))
         if futures and not routed:
             await asyncio.gather(*futures)
             return []
         return futures
+
+
+def pack_envelopes(src: str, recs: list, step: int, report: dict | None = None, n_parts: int = 0) -> list[bytes]:
+    """One owner partition's routed records as envelopes of at most ``step`` records (one, empty,
+    when there are none), the last carrying the watermark report: only the batch's last envelope
+    moves time, since the owner closes windows when it hears it and the records of the earlier
+    envelopes must land first."""
+    starts = range(0, max(len(recs), 1), step)
+    out = []
+    for i in starts:
+        env = {"src": src, "at": time.time(), "r": recs[i:i + step]}
+        if report is not None and i == starts[-1]:
+            env["pw"] = report
+            env["np"] = n_parts
+        out.append(orjson.dumps(env))
+    return out
 
 
 def route_events(events, src: list, owner, routed: dict) -> None:

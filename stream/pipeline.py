@@ -1026,7 +1026,6 @@ class Worker:
         return self._n_sessions
 
     async def _run_scorer(self) -> None:
-        loop = asyncio.get_running_loop()
         interval = self.s.score_interval_ms / 1000
         while True:
             try:
@@ -1034,13 +1033,18 @@ class Worker:
             except asyncio.TimeoutError:
                 pass
             self.score_wakeup.clear()
-            while self.score_queue:
-                batch = self.score_queue[: self.s.score_max_rows]
-                del self.score_queue[: len(batch)]
-                try:
-                    await self._score_batch(loop, batch)
-                except Exception:
-                    log.exception("scoring a batch of %d rows failed; the rows are dropped", len(batch))
+            await self._score_queued()
+
+    async def _score_queued(self) -> None:
+        """Score and decide every queued row, in batches of at most score_max_rows."""
+        loop = asyncio.get_running_loop()
+        while self.score_queue:
+            batch = self.score_queue[: self.s.score_max_rows]
+            del self.score_queue[: len(batch)]
+            try:
+                await self._score_batch(loop, batch)
+            except Exception:
+                log.exception("scoring a batch of %d rows failed; the rows are dropped", len(batch))
 
     async def _score_batch(self, loop, batch) -> None:
         windows = [b[1] for b in batch]
