@@ -13,7 +13,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
-async def _read_all(bootstrap: str, topic: str):
+async def _read_all(bootstrap: str, topic: str, timeout: float = 120.0):
+    """Every record of ``topic`` up to the end offsets it has now, and those offsets (by partition)."""
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await c.start()
     try:
@@ -27,7 +28,11 @@ async def _read_all(bootstrap: str, topic: str):
         async def behind():
             return [tp for tp in parts if await c.position(tp) < ends[tp]]
 
+        deadline = asyncio.get_running_loop().time() + timeout
         while await behind():
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{topic}: read {len(out)} records, end offsets {ends}, "
+                                     f"positions {[await c.position(tp) for tp in parts]} after {timeout} s")
             for tp, msgs in (await c.getmany(timeout_ms=1000)).items():
                 out += [(tp.partition, m.offset, m.key, m.value) for m in msgs]
         return out, {tp.partition: ends[tp] for tp in parts}

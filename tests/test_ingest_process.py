@@ -14,7 +14,7 @@ from launchpulse.stream.metrics import Metrics
 
 from conftest import http_json
 from hostile import HOSTILE, click
-from test_worker_e2e import _produce, _read_all, _wait_counted, valid_500
+from test_worker_e2e import _dead_letters, _produce, _wait_counted, valid_500
 
 
 def _sample(metrics: Metrics, name: str, **labels) -> float:
@@ -105,7 +105,7 @@ def test_two_ingest_children(deployment):
     assert w.metric("launchpulse_messages_total") == 1032
     assert w.metric("launchpulse_stage_seconds_count", stage="ingest") > 0
     assert http_json(w.base + "/progress")[1]["ingested_messages"] == 1032
-    assert len(asyncio.run(_read_all(s, s.topic_dead_letter, 32))) == 32
+    _dead_letters(s, 32)
 
     # A child killed outright is replaced; the input it had read but not committed is read again.
     os.kill(children[0], signal.SIGKILL)
