@@ -176,7 +176,6 @@ def bench_synthetic(n_items: int, n_baskets: int, seed: int) -> dict:
     t0 = time.perf_counter()
     baskets = synthetic_baskets(n_items, n_baskets, seed)
     t_gen = time.perf_counter() - t0
-    lines_total = sum(len(b) for b in baskets)
     gc.collect()
     rss0 = rss_bytes()
     t0 = time.perf_counter()

@@ -156,6 +156,30 @@ def children_usage(pid: int) -> dict:
     return {"n": n, "cpu_seconds": cpu, "peak_rss_mib": rss}
 
 
+def proc_cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) a process has used so far, from /proc; None when it is not there."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(w) -> dict:
+    """CPU seconds so far of the worker, its ingest children and the embedded broker (the processes that share
+    the cores during a drain; the broker's is None with an external one)."""
+    return {"worker": proc_cpu_s(w.proc.pid), "ingest": children_usage(w.proc.pid)["cpu_seconds"],
+            "broker": proc_cpu_s(_broker.proc.pid if _broker is not None and _broker.proc is not None else None)}
+
+
+def cpu_split(before: dict, after: dict, events: int) -> dict:
+    """Microseconds of CPU per event in each process between two snapshots."""
+    return {k: (None if before[k] is None or after[k] is None else (after[k] - before[k]) / events * 1e6)
+            for k in before}
+
+
 def vm_hwm_kib(pid: int) -> int | None:
     """Peak resident set size (VmHWM) in KiB; psutil has no peak figure on Linux, so /proc it is."""
     try:
@@ -401,6 +425,8 @@ def drain_run(w: Worker, messages: int, events: int, stable_s: float = 8.0, time
     t_zero_last = None  # last poll that answered with nothing ingested
     deadline = time.monotonic() + timeout_s
     first_seen = False
+    cpu_at_zero = cpu_first = None  # CPU snapshots: at the last poll before ingestion began
+    cpu_records = None  # and at the first poll with every record through state
     while time.monotonic() < deadline:
         if not w.alive():
             raise RuntimeError(f"worker exited with {w.proc.returncode}:\n{w.tail()}")
@@ -409,11 +435,16 @@ def drain_run(w: Worker, messages: int, events: int, stable_s: float = 8.0, time
         if p is not None:
             if p["ingested_messages"] == 0:
                 t_zero_last = now
+                cpu_at_zero = cpu_snapshot(w)
             else:
                 if not first_seen and on_first is not None:
                     on_first()
+                if not first_seen:
+                    cpu_first = cpu_at_zero  # the last snapshot before the first message was ingested
                 first_seen = True
                 hist.append((now, p))
+                if cpu_records is None and p["ingested_messages"] >= messages and p["events_counted"] >= events:
+                    cpu_records = cpu_snapshot(w)
                 done = p["ingested_messages"] >= messages and p["score_queue"] == 0
                 # quiet: the final snapshot held for stable_s (covers the ingest's 5 s idle-partition
                 # watermark) with every event counted, or STUCK_S with some missing (see drain_group)
@@ -456,6 +487,10 @@ def drain_run(w: Worker, messages: int, events: int, stable_s: float = 8.0, time
         "stage_batches": {lb["stage"]: v for lb, v in m.get("launchpulse_stage_seconds_count", [])},
         "cpu_seconds": metric_sum(m, "process_cpu_seconds_total"),
         "ingest_children": children_usage(w.proc.pid),
+        # CPU per event of each process from the last poll before the first ingest to the first with every event
+        # counted (None when the worker was already ingesting at its first answer)
+        "cpu_us_per_event": (cpu_split(cpu_first, cpu_records, events)
+                             if cpu_first is not None and cpu_records is not None else None),
     }
     return res
 
@@ -927,7 +962,11 @@ def render_live(lv: dict | None) -> list:
             f"| live clickstream: accepted / duplicate / rejected / late; records; worker CPU; peak RSS | "
             f"{c['accepted']:,.0f} / {c['duplicate']:,.0f} / {c['rejected']:,.0f} / {c['late_events']:,.0f}; "
             f"{r['progress']['records_processed']:,}; {r['cpu_seconds']:.1f} s{_children(r)}; "
-            f"{fmt(r['peak_rss_mib'], ',.0f')} MiB |"]
+            f"{fmt(r['peak_rss_mib'], ',.0f')} MiB |",
+            *(["| live clickstream: CPU per event from the first ingest until every event is counted: worker / "
+               "ingest process(es) / broker | " + " / ".join(fmt(v, ',.1f') + " µs" for v in r['cpu_us_per_event'].values())
+               + f" = {sum(v for v in r['cpu_us_per_event'].values() if v is not None):,.1f} µs |"]
+              if r.get("cpu_us_per_event") else [])]
 
 
 def _children(r: dict) -> str:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the web view)
 from prometheus_client import ProcessCollector, PlatformCollector
 
 
