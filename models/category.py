@@ -53,7 +53,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .decisions import CategoryEvidence, Thresholds
-from .trends import TrendModel
+from .trends import TrendModel, model_state as _model_state
 from .windows import WindowConfig
 
 STATE_VERSION = 5  # 2: views and carts trends (series); 3: top sellers; 4: revenue; 5: dedupe ids may be kept apart
@@ -317,16 +317,18 @@ class CategoryState:
                 "top_sellers": list(self.top_sellers)}
 
     # -- state ---------------------------------------------------------------------------
-    def to_state(self, ids: bool = True) -> dict:
-        """The state as plain data; ``ids=False`` leaves the dedupe ids out (as ItemState.to_state)."""
+    def to_state(self, ids: bool = True, models_json: bool = False) -> dict:
+        """The state as plain data; ``ids=False`` leaves the dedupe ids out and ``models_json=True`` gives the
+        trend models pre-serialised (both as ItemState.to_state)."""
         d = {"version": STATE_VERSION, "category_id": self.category_id, "new_windows": self.new_windows,
              "history_windows": self.history_windows, "max_items_per_window": self.max_items_per_window,
              "max_calendar": self.max_calendar, "calendar": self.calendar,
              "windows": {str(k): v for k, v in self.windows.items()},
              "overflow": {str(k): v for k, v in self.overflow.items()},
              "first_seen": self.first_seen, "closed_through": self.closed_through, "n_closed": self.n_closed,
-             "history": self.history, "trend": self.trend.to_state(), "signal_memory": self.signal_memory,
-             "series": {k: m.to_state() for k, m in self.series.items()}, "top_sellers": self.top_sellers}
+             "history": self.history, "trend": _model_state(self.trend, models_json),
+             "signal_memory": self.signal_memory,
+             "series": {k: _model_state(m, models_json) for k, m in self.series.items()}, "top_sellers": self.top_sellers}
         if ids:
             d["seen"] = self.seen
         return d

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .associations import ItemAssociations
 from .sessions import learn_session_record
-from .trends import TrendModel
+from .trends import TrendModel, model_state as _model_state
 from .windows import WindowConfig
 
 STATE_VERSION = 8  # 4: expected conversions since the previous scored window; 5: primary orders per window;
@@ -358,9 +358,11 @@ class ItemState:
                  **dict(zip(COUNTERS, c))} for s, c in sorted(self.windows.items())]
 
     # -- state ---------------------------------------------------------------------------
-    def to_state(self, ids: bool = True) -> dict:
+    def to_state(self, ids: bool = True, models_json: bool = False) -> dict:
         """The state as plain data; ``ids=False`` leaves the dedupe ids out, for a writer that keeps
-        them apart (models.dedupe) and gives them back to :meth:`from_state` as ``seen``."""
+        them apart (models.dedupe) and gives them back to :meth:`from_state` as ``seen``.
+        ``models_json=True`` gives the trend models as ``orjson.Fragment`` of their cached
+        :meth:`~.trends.TrendModel.state_json` (the same bytes once serialised with orjson)."""
         d = {
             "version": STATE_VERSION, "item_id": self.item_id, "category_id": self.category_id,
             "price": self.price, "stock": self.stock, "stock_ts": self.stock_ts,
@@ -368,8 +370,9 @@ class ItemState:
             "launched_at": self.launched_at, "first_seen": self.first_seen,
             "windows": {str(k): v for k, v in self.windows.items()}, "closed_through": self.closed_through,
             "totals": self.totals, "closed_totals": self.closed_totals, "n_closed": self.n_closed, "idle_run": self.idle_run, "primary_orders": self.primary_orders,
-            "primary_windows": {str(k): v for k, v in self.primary_windows.items()}, "assoc": self.assoc.to_state(), "trend": self.trend.to_state(),
-            "series": {name: m.to_state() for name, m in self.series.items()},
+            "primary_windows": {str(k): v for k, v in self.primary_windows.items()}, "assoc": self.assoc.to_state(),
+            "trend": _model_state(self.trend, models_json),
+            "series": {name: _model_state(m, models_json) for name, m in self.series.items()},
             "signal_memory": self.signal_memory,
             "session_seen": self.session_seen, "expected_conversions": self.expected_conversions,
             "session_windows": {str(k): v for k, v in self.session_windows.items()},

@@ -83,6 +83,8 @@ class Partitioner:
     True
     >>> len(p.memo) <= 2
     True
+    >>> p.remember("item-4", partition_for("item-4", 8)); p("item-4") == partition_for("item-4", 8), len(p.memo) <= 2
+    (True, True)
     """
 
     __slots__ = ("n_partitions", "max_keys", "memo")
@@ -91,6 +93,13 @@ class Partitioner:
         self.n_partitions = n_partitions
         self.max_keys = max_keys
         self.memo: dict = {}  # str or bytes key -> partition
+
+    def remember(self, key: str | bytes, partition: int) -> None:
+        """Take a key's partition as known (its owner was told it, from the partition it came on),
+        within the same bound."""
+        if len(self.memo) >= self.max_keys:
+            self.memo.clear()
+        self.memo[key] = partition
 
     def __call__(self, key: str | bytes) -> int:
         part = self.memo.get(key)

@@ -348,15 +348,16 @@ class Worker:
                 if key not in self.deleted:
                     st = cache[key]
                     if type(st) is UserSessions:  # a user's ids live and go with its sessions: small
-                        writes(self.items, key.encode(), None, orjson.dumps(st.to_state()))
+                        writes(self.items, key.encode(), None, orjson.dumps(st.to_state()), self._partition(key))
                     else:
                         self._write_with_ids(key, st)
             for key in self.deleted:
                 kb = key.encode()
                 rng = self._ids_range.pop(key, None)
+                part = self._partition(key)
                 if rng is not None:
-                    self._ids_garbage.extend((chunk_key(kb, n), self._partition(kb)) for n in range(*rng))
-                writes(self.items, kb, None, None)
+                    self._ids_garbage.extend((chunk_key(kb, n), part) for n in range(*rng))
+                writes(self.items, kb, None, None, part)
                 cache.pop(key, None)
             for key in self.dirty_totals:
                 st = cache[key]
@@ -365,7 +366,8 @@ class Worker:
                 per_window = {str(w): [row[6], pw.get(w, 0)] for w, row in st.windows.items() if row[6]}
                 top = self._published_top(key)  # what the item's latest close chose, else what was published
                 self.top_partners.pop(key, None)
-                self._replica_write(key.encode(), [a.n_item, st.primary_orders, a.n_view, a.n_cart, per_window, top])
+                self._replica_write(key.encode(), [a.n_item, st.primary_orders, a.n_view, a.n_cart, per_window, top],
+                                    self._partition(key))
             state_records, self._pending_writes = self._pending_writes, []
             for p in self.dirty_metas:
                 meta = self.metas[p]
@@ -447,10 +449,10 @@ class Worker:
         if self._delivery is not None:
             await self._delivery
 
-    def _replica_write(self, key: bytes, value: list) -> None:
+    def _replica_write(self, key: bytes, value: list, partition: int | None = None) -> None:
         self.totals.set_local(key, value)
         self._pending_writes.append((self.totals.topic, key, orjson.dumps(value),
-                                     self._partition(key)))
+                                     self._partition(key) if partition is None else partition))
 
     def _write_with_ids(self, key: str, st) -> None:
         """Queue an item's or a category's state, its new dedupe ids in a chunk of their own first.
@@ -459,7 +461,7 @@ class Worker:
         never points at a chunk that is not (a partition keeps its order). See models.dedupe.
         """
         kb = key.encode()
-        part = self._partition(kb)
+        part = self._partition(key)
         rng, chunks, garbage = plan_ids_write(st.seen, st.ids_persisted, self._ids_range.get(key))
         for n, ids in chunks:
             self._table_writes(self.items, chunk_key(kb, n), None, orjson.dumps(ids), part)
@@ -467,7 +469,7 @@ class Worker:
             self._ids_garbage.extend((chunk_key(kb, n), part) for n in garbage)
         self._ids_range[key] = rng
         st.ids_persisted = len(st.seen)
-        doc = st.to_state(ids=False)
+        doc = st.to_state(ids=False, models_json=True)  # unchanged models: their cached JSON
         doc["ids"] = rng
         self._table_writes(self.items, kb, None, orjson.dumps(doc), part)
 
@@ -560,6 +562,11 @@ class Worker:
         counted: dict[tuple, int] = {}  # (topic, outcome) -> events: metrics once per envelope
         pending_sets: dict[int, tuple] = {}  # window start -> (meta.pending sets of it and of its dormancy check)
         cache, state_of, deleted = self.cache, self._state, self.deleted
+        dirty_totals, session_cfg, size_ms = self.dirty_totals, self.session_cfg, cfg.size_ms
+        # A routed record's key is owned by the envelope's partition, which is also the partition of
+        # the key's changelog records (one partitioner, murmur2 of the key): remembered for the flush,
+        # which would otherwise hash every new key again (users come and go).
+        remember_partition = self._partition.remember
         for rec in recs:
             key = rec.get("K")
             if key is None:
@@ -567,20 +574,21 @@ class Worker:
             st = cache.get(key)
             if st is None:
                 st = state_of(key)
+                remember_partition(key, partition)
             kind = type(st)
             if rec["k"] == "s":
                 # A closed session, from its user's owner: never late (it carries the close time).
                 if st.apply_session(rec, cfg):
                     dirty.add(key)
-                    self.dirty_totals.add(key)
+                    dirty_totals.add(key)
                 continue
             # Late: older than every input partition's progress allows (the ingest stage cannot
             # judge it, it sees only its own partitions), or its window already closed for the key.
             if rec["t"] < late_before and rec["k"] != "g":  # catalog records count in no window
                 outcome = LATE
             elif kind is UserSessions:
-                outcome = st.apply(rec, self.session_cfg)
-                meta.due.push(key, st.next_due_ms(self.session_cfg))
+                outcome = st.apply(rec, session_cfg)
+                meta.due.push(key, st.next_due_ms(session_cfg))
             elif kind is ItemState and st.first_seen is None:
                 outcome = st.apply(rec, cfg)
                 self._cold_start(st)
@@ -593,9 +601,11 @@ class Worker:
                 # Also on a duplicate: after a crash between writes of one flush, the replayed
                 # duplicates rewrite what the lost writes held (all of these are idempotent).
                 dirty.add(key)
-                deleted.discard(key)
+                if deleted:
+                    deleted.discard(key)
                 if kind is ItemState and rec["i"] is not None:
-                    start = cfg.start_of(rec["t"])
+                    start = rec["t"]
+                    start -= start % size_ms  # cfg.start_of, inlined
                     sets = pending_sets.get(start)
                     if sets is None:
                         # The window's pending items, and those to visit again when they would go
@@ -606,7 +616,7 @@ class Worker:
                     sets[0].add(key)
                     sets[1].add(key)
                     if rec["k"] == "o":
-                        self.dirty_totals.add(key)
+                        dirty_totals.add(key)
                         if rec["n"] and outcome == ACCEPTED:
                             self._primary_since += 1
                 elif kind is CategoryState:

@@ -142,6 +142,8 @@ def test_online_category_windows_equal_batch(seed, roundtrip):
         for w in ws:
             ref.learn_one(w[2])
         assert cats[key].trend.to_state() == ref.to_state()
+        # the flush writes the models from their cached JSON: the same bytes
+        assert orjson.dumps(cats[key].to_state(models_json=True)) == orjson.dumps(cats[key].to_state())
     for key in closed:
         assert key in batch or all(w.units == w.views == w.carts == 0 for w in closed[key])
 

@@ -119,6 +119,27 @@ def test_windows_and_trend_equal_batch_truth(events, close_every):
     assert again.to_state() == st_.to_state()
 
 
+@settings(max_examples=100, deadline=None)
+@given(events_strategy(), st.integers(1, 5))
+def test_models_written_from_their_cached_json_are_the_state_serialised(events, close_every):
+    """The flush writes an item's trend models from their cached JSON (to_state(models_json=True)): after
+    every record and every close, the bytes are those of the state serialised afresh (a cache that
+    outlived a change of its model would write a stale model)."""
+    st_ = ItemState("x")
+    pending: set[int] = set()
+    wm = 0
+    for i, (ts, oid, q) in enumerate(events):
+        if not CFG.is_late(ts, wm) and st_.apply(order_rec(oid, ts, q), CFG) == ACCEPTED:
+            pending.add(CFG.start_of(ts))
+        wm = max(wm, ts)
+        if i % close_every == 0 and any(CFG.closable(s, wm) for s in pending):
+            pending = {s for s in pending if not CFG.closable(s, wm)}
+            st_.close_windows(CFG, wm)
+        assert orjson.dumps(st_.to_state(models_json=True)) == orjson.dumps(st_.to_state())
+    st_.close_windows(CFG, wm + 10 * CFG.size_ms)  # dormant: the models start afresh
+    assert orjson.dumps(st_.to_state(models_json=True)) == orjson.dumps(st_.to_state())
+
+
 def test_duplicates_count_once_and_dormancy_drops_the_model():
     cfg = CFG
     st_ = ItemState("x")
