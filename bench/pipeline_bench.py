@@ -135,7 +135,6 @@ def quantile(xs: list, q: float):
 def children_usage(pid: int) -> dict:
     """CPU seconds and peak RSS of a worker's ingest child processes (LAUNCHPULSE_INGEST_PROCESSES), from /proc:
     the worker's own process_cpu_seconds_total does not include them."""
-    tick = os.sysconf("SC_CLK_TCK")
     cpu, rss, n = 0.0, [], 0
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -149,11 +148,16 @@ def children_usage(pid: int) -> dict:
         except (OSError, ValueError, IndexError):
             continue
         n += 1
-        cpu += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        cpu += _stat_cpu_s(fields)
         kib = vm_hwm_kib(int(d.name))
         if kib:
             rss.append(kib / 1024)
     return {"n": n, "cpu_seconds": cpu, "peak_rss_mib": rss}
+
+
+def _stat_cpu_s(fields: list) -> float:
+    """User + system CPU seconds from the fields of /proc/PID/stat after the command name."""
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_cpu_s(pid: int | None) -> float | None:
@@ -161,10 +165,9 @@ def proc_cpu_s(pid: int | None) -> float | None:
     if pid is None:
         return None
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return _stat_cpu_s(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split())
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_snapshot(w) -> dict:
