@@ -1,4 +1,6 @@
-"""One change to Faust, as a subclass: how long the worker's consumer lets the broker hold a fetch.
+"""Two changes to Faust's Kafka consumer, as subclasses.
+
+How long the worker's consumer lets the broker hold a fetch:
 
 faust-streaming builds its aiokafka consumer with ``fetch_max_wait_ms=1500`` written into
 ``AIOKafkaConsumerThread._create_worker_consumer`` (no setting reaches it). A broker may hold a
@@ -7,13 +9,45 @@ Tansu broker does not: measured here, one message waited a median of 128 ms for 
 500 ms and 23 ms at 100 ms, and at 1,000 events/s offered the worker's event-to-signal latency
 was 1.7 s at the median, most of it spent waiting on fetches of the routed topic. Idle fetches
 every 100 ms cost the broker next to nothing.
+
+Where a partition with nothing committed starts again after a rebalance (seek_to_committed_or_reset).
 """
 from __future__ import annotations
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from .settings import FETCH_MAX_WAIT_MS
+
+
+async def seek_to_committed_or_reset(consumer: AIOKafkaConsumer, skip_topics=frozenset(),
+                                     reset: str = "earliest") -> dict:
+    """Seek every assigned partition to its committed offset, and those with none by the reset policy.
+
+    Faust discards records it fetched around a rebalance (those of a getmany under way when the flow
+    stops, or when a partition is paused) and relies on seeking back to the committed offsets to read
+    them again. aiokafka's ``seek_to_committed`` seeks only partitions whose committed offset is above
+    0, and leaves the others where the fetcher got to: the discarded records of a partition with
+    nothing committed yet were never read again, and acknowledging the next ones committed past them.
+    The SIGKILL recovery test lost whole envelopes that way (tests/test_recovery.py, 2026-11-24): a
+    fresh worker whose routed partitions had no commit started them at offsets 1, 7 and 15.
+
+    Partitions of ``skip_topics`` (table changelogs, which Faust positions itself and never commits)
+    keep their position. Returns the committed offsets, as aiokafka's ``seek_to_committed`` does.
+    """
+    committed = await consumer.seek_to_committed()
+    unset = []
+    for tp, offset in committed.items():
+        if tp.topic in skip_topics:
+            continue
+        if offset == 0:
+            consumer.seek(tp, 0)
+        elif offset is None or offset < 0:
+            unset.append(tp)
+    if unset:
+        await (consumer.seek_to_end if reset == "latest" else consumer.seek_to_beginning)(*unset)
+    return committed
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -21,6 +55,11 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by AIOKafkaConsumer.start() for its fetcher
         return consumer
+
+    async def seek_to_committed(self):
+        app = self.consumer.app
+        return await self.call_thread(seek_to_committed_or_reset, self._ensure_consumer(),
+                                      frozenset(app.tables.changelog_topics), app.conf.consumer_auto_offset_reset)
 
 
 class _Consumer(faust_aiokafka.Consumer):
@@ -33,7 +72,8 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class App(faust.App):
-    """``faust.App`` whose consumer fetches with ``FETCH_MAX_WAIT_MS``."""
+    """``faust.App`` whose consumer fetches with ``FETCH_MAX_WAIT_MS`` and seeks every partition back
+    after a rebalance (``seek_to_committed_or_reset``)."""
 
     def _new_transport(self):
         return _Transport(self.conf.broker_consumer, self)

@@ -129,6 +129,7 @@ class Worker:
         self.dirty_totals: set[str] = set()
         self.dirty_metas: set[int] = set()
         self.unacked: list = []  # envelopes applied but not yet written: acknowledged by _flush
+        self._applied_through: dict[int, int] = {}  # routed partition -> offset of the last envelope applied
         self.ack_stream = None
         self.last_flush = time.monotonic()
         self._n_total = 0
@@ -228,6 +229,7 @@ class Worker:
         self._ids_range.clear()
         self.metas.clear()
         self.category_priors.clear()
+        self._applied_through.clear()
         self._owned_parts = None
         self._closed_through = -(1 << 62)
         self._generation += 1
@@ -242,6 +244,7 @@ class Worker:
         self._ids_range.clear()
         self.metas.clear()
         self.category_priors.clear()
+        self._applied_through.clear()
         self._owned_parts = None
         self._closed_through = -(1 << 62)
         self._generation += 1
@@ -262,7 +265,12 @@ class Worker:
 
     async def _process(self, stream):
         self.ack_stream = manual = stream.noack()
+        applied_through = self._applied_through
         async for event in manual.events():
+            message = event.message
+            if message.offset != applied_through.get(message.partition, -2) + 1:
+                await self._check_offset(message)
+            applied_through[message.partition] = message.offset
             try:
                 self._apply_envelope(event.message.partition, event.value)
                 await self._close_ready(self._consumed_at)
@@ -281,6 +289,30 @@ class Worker:
                 await self._flush()
             if len(self.score_queue) >= self.s.score_max_rows:
                 self.score_wakeup.set()
+
+    async def _check_offset(self, message) -> None:
+        """Say so when an envelope is not the one after the last applied, nor the first to apply.
+
+        The routed topic's offsets have no gaps (plain appends, no compaction, no transactions), so
+        an envelope past the next offset means the ones in between were fetched and dropped without
+        being applied: lost, since acknowledging this one lets Faust commit over them. That happened
+        after a rebalance until stream/faust_transport.seek_to_committed_or_reset. A worker's first
+        envelope of a partition must be at the committed offset, or the earliest with none committed.
+        An envelope at or before the last applied is a replay after a seek back: nothing to say.
+        """
+        tp = message.tp
+        last = self._applied_through.get(message.partition)
+        if last is not None:
+            expected = last + 1
+        else:
+            consumer = self.app.consumer
+            expected = consumer._committed_offset.get(tp)  # Faust's record of the partition's commit
+            if expected is None:
+                expected = (await consumer.earliest_offsets(tp)).get(tp, 0)
+        if message.offset > expected:
+            log.error("routed partition %s: envelope at offset %s applied where %s was due: the envelopes "
+                      "in between were never applied (lost); please report", message.partition,
+                      message.offset, expected)
 
     async def _send_routed(self) -> None:
         """Hand session records and marks to the producer straight away, in order per partition.

@@ -40,7 +40,7 @@ async def _read_all(bootstrap: str, topic: str, timeout: float = 120.0):
         await c.stop()
 
 
-async def _committed(bootstrap: str, group: str, topic: str, partitions) -> dict:
+async def committed_offsets(bootstrap: str, group: str, topic: str, partitions) -> dict:
     """The group's committed offsets (read without joining it)."""
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await c.start()
@@ -58,8 +58,8 @@ async def diagnose(settings, n_item: Counter, n_total: int) -> str:
     totals, _ = await _read_all(bs, settings.totals_topic)
     dead, _ = await _read_all(bs, settings.topic_dead_letter)
     try:
-        ingest_c = await _committed(bs, f"{settings.app_id}-ingest", settings.topic_orders, in_ends)
-        faust_c = await _committed(bs, settings.app_id, settings.routed_topic, r_ends)
+        ingest_c = await committed_offsets(bs, f"{settings.app_id}-ingest", settings.topic_orders, in_ends)
+        faust_c = await committed_offsets(bs, settings.app_id, settings.routed_topic, r_ends)
     except Exception as e:  # noqa: BLE001 - a diagnostic must not hide the failure it explains
         ingest_c, faust_c = {}, {}
         lines.append(f"committed offsets unavailable: {type(e).__name__}: {e}")
