@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import faust
 from faust.types import TP
+from faust.exceptions import ConsumerNotStarted
 import orjson
 
 from launchpulse.models import features
@@ -116,6 +117,11 @@ class Worker:
         self.recent_signals: deque = deque(maxlen=1000)
         self.score_queue: list[tuple] = []  # (ingest wall time, ClosedWindow, feature row, Evidence)
         self.score_wakeup = asyncio.Event()
+        # Rows ever queued and ever scored (their signals sent): a flush acknowledges its envelopes only
+        # once the rows they queued are scored (see _deliver); one scorer at a time keeps them in order.
+        self._rows_queued = 0
+        self._rows_scored = 0
+        self._score_lock = asyncio.Lock()
         # Deserialised item states of the partitions this worker owns; the table holds the truth
         # (bytes, changelogged) and the cache is dropped at every rebalance.
         self.cache: dict[str, ItemState] = {}
@@ -208,6 +214,7 @@ class Worker:
         # Closed sessions with a view / a cart, per partition, replicated like the item totals.
         self.session_keys = meta_keys(s.state_partitions, "#sessions")
         app.agent(self.routed, name="process")(self._process)
+        app.before_stop = self._write_before_stop
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_rebalance_complete.connect(self._on_recovered)
@@ -233,6 +240,22 @@ class Worker:
         self._owned_parts = None
         self._closed_through = -(1 << 62)
         self._generation += 1
+
+    async def _write_before_stop(self) -> None:
+        """Write and acknowledge every envelope applied so far (FaustApp.before_stop).
+
+        The flow stops first, as Faust's own stop does next: the agents get nothing more (what they
+        have queued is dropped and read again at the next start), so the stop does not wait on them.
+        """
+        try:
+            self.app.consumer.stop_flow()
+            self.app.flow_control.suspend()
+            self.app.flow_control.clear()
+        except ConsumerNotStarted:
+            return
+        if self.unacked or self.dirty_items or self.dirty_metas or self._pending_writes:
+            await self._flush()
+        await self._delivered()
 
     async def _on_assigned(self, *args, **kwargs) -> None:
         # Faust keeps a paused partition paused across a rebalance that leaves it assigned, and the
@@ -423,11 +446,13 @@ class Worker:
             # memory, written by the next flush). Deliveries go one after another, so a key's
             # changelog records keep their order; at most one waits behind the one under way.
             prev = self._delivery
-            self._delivery = asyncio.ensure_future(self._deliver(prev, state_records, meta_records, events, routed))
+            self._delivery = asyncio.ensure_future(self._deliver(prev, state_records, meta_records, events, routed,
+                                                                 self._rows_queued))
         if prev is not None and not prev.done():
             await prev
 
-    async def _deliver(self, prev, state_records: list, meta_records: list, events: list, routed: list = ()) -> None:
+    async def _deliver(self, prev, state_records: list, meta_records: list, events: list, routed: list = (),
+                       rows_queued: int = 0) -> None:
         """Send one flush's changelog records and acknowledge its envelopes once they are on the broker.
 
         Two phases: the partition metas (watermark, pending windows, sessions due) only once the
@@ -435,7 +460,9 @@ class Worker:
         older watermark lets the replayed envelopes be applied again (deduplicated); a meta ahead
         of its states would refuse the replay as late and lose it. Then acknowledge: an
         acknowledged envelope may be committed at any moment, and a committed envelope must
-        never need its state again. A failed delivery acknowledges nothing, and neither does any
+        never need its state again, nor its signals: the windows these envelopes closed are scored
+        first (the first ``rows_queued`` rows), their signals handed to the producer, which Faust
+        flushes before it commits. A failed delivery acknowledges nothing, and neither does any
         later one (their envelopes are replayed after the restart this failure leads to).
         """
         try:
@@ -445,6 +472,8 @@ class Worker:
                 await self._send_records(records)
             if routed:
                 await asyncio.gather(*routed)  # session records and marks the envelopes led to
+            if self._rows_scored < rows_queued:
+                await self._score_queued(rows_queued)
             for event in events:
                 await self.ack_stream.ack(event)
         except Exception as e:
@@ -845,6 +874,7 @@ class Worker:
                 nb = neighbourhood_evidence(cw.state.assoc, self.totals_view, n_total, self.view_counts, n_views,
                                             self.cart_counts, n_carts, th)
             self.score_queue.append((consumed_at, cw, features.feature_row(cw, cfg), ev, nb))
+            self._rows_queued += 1
         m.windows_closed.inc(len(closed))
 
     def _cold_start(self, st: ItemState) -> None:
@@ -1075,18 +1105,24 @@ class Worker:
             except asyncio.TimeoutError:
                 pass
             self.score_wakeup.clear()
-            await self._score_queued()
+            # The rows queued by now, not those queued meanwhile: a flush waiting on the scorer
+            # (_deliver) gets its turn instead of waiting while the agent keeps the queue fed.
+            await self._score_queued(self._rows_queued)
 
-    async def _score_queued(self) -> None:
-        """Score and decide every queued row, in batches of at most score_max_rows."""
+    async def _score_queued(self, through: int | None = None) -> None:
+        """Score and decide the queued rows in batches of at most score_max_rows: all of them, or until
+        the first ``through`` rows ever queued are done."""
         loop = asyncio.get_running_loop()
-        while self.score_queue:
-            batch = self.score_queue[: self.s.score_max_rows]
-            del self.score_queue[: len(batch)]
-            try:
-                await self._score_batch(loop, batch)
-            except Exception:
-                log.exception("scoring a batch of %d rows failed; the rows are dropped", len(batch))
+        async with self._score_lock:
+            while self.score_queue and (through is None or self._rows_scored < through):
+                batch = self.score_queue[: self.s.score_max_rows]
+                del self.score_queue[: len(batch)]
+                try:
+                    await self._score_batch(loop, batch)
+                except Exception:
+                    log.exception("scoring a batch of %d rows failed; the rows are dropped", len(batch))
+                finally:
+                    self._rows_scored += len(batch)
 
     async def _score_batch(self, loop, batch) -> None:
         windows = [b[1] for b in batch]
