@@ -15,8 +15,8 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
-from faust.types import TP
 from faust.exceptions import ConsumerNotStarted
+from faust.types import TP
 import orjson
 
 from launchpulse.models import features
@@ -291,19 +291,20 @@ class Worker:
         applied_through = self._applied_through
         async for event in manual.events():
             message = event.message
-            if message.offset != applied_through.get(message.partition, -2) + 1:
+            partition = message.partition
+            if message.offset != applied_through.get(partition, -2) + 1:
                 await self._check_offset(message)
-            applied_through[message.partition] = message.offset
+            applied_through[partition] = message.offset
             try:
-                self._apply_envelope(event.message.partition, event.value)
+                self._apply_envelope(partition, event.value)
                 await self._close_ready(self._consumed_at)
                 if self._ahead_ms:
-                    self._hold_ahead(event.message.partition)
+                    self._hold_ahead(partition)
             except Exception as e:
                 # A bug, not bad input (that is dead-lettered by ingest): say so on /healthz and let
                 # Faust's supervisor restart the agent; the envelope is not acknowledged.
                 self.state_error = f"state stage failed on an envelope: {type(e).__name__}: {e}"
-                log.exception("state stage failed on an envelope of partition %s", event.message.partition)
+                log.exception("state stage failed on an envelope of partition %s", partition)
                 raise
             if self._routed_out:  # before the envelope counts as applied: a flush meanwhile must not ack it
                 await self._send_routed()
