@@ -15,7 +15,6 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
-from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 import orjson
 
@@ -214,7 +213,6 @@ class Worker:
         # Closed sessions with a view / a cart, per partition, replicated like the item totals.
         self.session_keys = meta_keys(s.state_partitions, "#sessions")
         app.agent(self.routed, name="process")(self._process)
-        app.before_stop = self._write_before_stop
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_rebalance_complete.connect(self._on_recovered)
@@ -240,22 +238,6 @@ class Worker:
         self._owned_parts = None
         self._closed_through = -(1 << 62)
         self._generation += 1
-
-    async def _write_before_stop(self) -> None:
-        """Write and acknowledge every envelope applied so far (FaustApp.before_stop).
-
-        The flow stops first, as Faust's own stop does next: the agents get nothing more (what they
-        have queued is dropped and read again at the next start), so the stop does not wait on them.
-        """
-        try:
-            self.app.consumer.stop_flow()
-            self.app.flow_control.suspend()
-            self.app.flow_control.clear()
-        except ConsumerNotStarted:
-            return
-        if self.unacked or self.dirty_items or self.dirty_metas or self._pending_writes:
-            await self._flush()
-        await self._delivered()
 
     async def _on_assigned(self, *args, **kwargs) -> None:
         # Faust keeps a paused partition paused across a rebalance that leaves it assigned, and the
