@@ -775,6 +775,8 @@ async def read_signals(settings, timeout_s: float = 30.0) -> list:
     """Every record of the signals topic (Kafka timestamp, value), read to the end offsets."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from launchpulse.stream.offsets import end_offsets
+
     c = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
                          enable_auto_commit=False, auto_offset_reset="earliest")
     await c.start()
@@ -785,7 +787,7 @@ async def read_signals(settings, timeout_s: float = 30.0) -> list:
         tps = [TopicPartition(settings.topic_signals, p) for p in sorted(parts)]
         c.assign(tps)
         await c.seek_to_beginning(*tps)
-        end = await c.end_offsets(tps)
+        end = await end_offsets(c, tps)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             got = await c.getmany(timeout_ms=500, max_records=10000)

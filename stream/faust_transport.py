@@ -11,6 +11,9 @@ was 1.7 s at the median, most of it spent waiting on fetches of the routed topic
 every 100 ms cost the broker next to nothing.
 
 Where a partition with nothing committed starts again after a rebalance (seek_to_committed_or_reset).
+
+Where table recovery stops reading a changelog: at its end offset as stream/offsets.end_offsets reads
+it, which is right on the embedded broker too.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from .offsets import end_offsets
 from .settings import FETCH_MAX_WAIT_MS
 
 
@@ -45,8 +49,11 @@ async def seek_to_committed_or_reset(consumer: AIOKafkaConsumer, skip_topics=fro
             consumer.seek(tp, 0)
         elif offset is None or offset < 0:
             unset.append(tp)
-    if unset:
-        await (consumer.seek_to_end if reset == "latest" else consumer.seek_to_beginning)(*unset)
+    if unset and reset == "latest":
+        for tp, end in (await end_offsets(consumer, unset)).items():  # not seek_to_end: see stream/offsets.py
+            consumer.seek(tp, end)
+    elif unset:
+        await consumer.seek_to_beginning(*unset)
     return committed
 
 
@@ -62,6 +69,13 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                                       frozenset(app.tables.changelog_topics), app.conf.consumer_auto_offset_reset)
 
 
+    async def _highwaters(self, partitions):
+        # Faust reads a table's changelog up to these offsets when it recovers the table.
+        if self.consumer.in_transaction:
+            return await super()._highwaters(partitions)
+        return await end_offsets(self._ensure_consumer(), partitions)
+
+
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -72,8 +86,8 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class App(faust.App):
-    """``faust.App`` whose consumer fetches with ``FETCH_MAX_WAIT_MS`` and seeks every partition back
-    after a rebalance (``seek_to_committed_or_reset``)."""
+    """``faust.App`` whose consumer fetches with ``FETCH_MAX_WAIT_MS``, seeks every partition back
+    after a rebalance (``seek_to_committed_or_reset``) and recovers tables to their true end offsets."""
 
     def _new_transport(self):
         return _Transport(self.conf.broker_consumer, self)

@@ -25,6 +25,7 @@ from launchpulse.models.windows import WindowConfig
 from launchpulse.schemas.validate import Pseudonymiser, dead_letter_record, parse_message
 
 from .metrics import Metrics
+from .offsets import end_offsets
 from .settings import FETCH_MAX_WAIT_MS, Settings
 
 log = logging.getLogger("launchpulse.ingest")
@@ -272,7 +273,7 @@ class Ingest:
             # idle and run time ahead of their unread data. Ask the broker for the end offsets.
             checked_at = time.time()  # idle as of no earlier than this
             try:
-                ends = await self.offset_reader.end_offsets(list(positions))
+                ends = await end_offsets(self.offset_reader, positions)
             except Exception:  # noqa: BLE001 - unknown: not idle (holding time back is the safe side)
                 ends = {}
             for tp, pos in positions.items():

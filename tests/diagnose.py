@@ -12,6 +12,8 @@ from collections import Counter
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from launchpulse.stream.offsets import end_offsets
+
 
 async def _read_all(bootstrap: str, topic: str, timeout: float = 120.0):
     """Every record of ``topic`` up to the end offsets it has now, and those offsets (by partition)."""
@@ -22,7 +24,7 @@ async def _read_all(bootstrap: str, topic: str, timeout: float = 120.0):
         parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
         c.assign(parts)
         await c.seek_to_beginning(*parts)
-        ends = await c.end_offsets(parts)
+        ends = await end_offsets(c, parts)
         out = []
 
         async def behind():
