@@ -1,4 +1,5 @@
-"""End offsets of partitions that are right on the embedded broker too.
+"""End offsets of partitions that are right on the embedded broker too, and a range of records
+read straight from the broker.
 
 A partition's end offset (the offset the next record will get) is what ListOffsets answers for
 "latest". The embedded Tansu broker answers one past the *first* offset of the partition's last
@@ -17,9 +18,10 @@ batch whatever the byte limit.)
 """
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.protocol.fetch import FetchRequest
 
 READ_UNCOMMITTED = 0
@@ -57,3 +59,22 @@ async def end_offsets(consumer: AIOKafkaConsumer, partitions) -> dict:
                 if tp is not None and error_code == 0 and highwater > ends[tp]:
                     ends[tp] = highwater
     return ends
+
+
+async def read_range(consumer: AIOKafkaConsumer, tp, start: int, stop: int, timeout_s: float = 10.0) -> list:
+    """The records of ``tp`` with ``start <= offset < stop``, in offset order, read from the broker.
+
+    ``consumer`` belongs to no group and is given ``tp`` alone. Returns what the broker holds there
+    when ``timeout_s`` runs out, which may be fewer than ``stop - start`` (offsets a broker left
+    empty, records deleted by retention).
+    """
+    tp = TopicPartition(tp.topic, tp.partition)  # aiokafka's own type (Faust's TP is another namedtuple)
+    consumer.assign([tp])
+    consumer.seek(tp, start)
+    out = []
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while await consumer.position(tp) < stop and asyncio.get_running_loop().time() < deadline:
+        for record in (await consumer.getmany(tp, timeout_ms=200)).get(tp, ()):
+            if start <= record.offset < stop:
+                out.append(record)
+    return out

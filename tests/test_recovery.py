@@ -126,8 +126,6 @@ def test_sigkill_twice_then_exact_associations(deployment):
         raise AssertionError(f"{e}\n{diagnose_sync(s, n_item, n_total)}") from None
     time.sleep(2)
     assert progress(last)["orders_total"] == n_total
-    for w in workers:  # no worker applied an envelope past one it never applied (Worker._check_offset)
-        assert "were never applied" not in w.log_path.read_text(errors="replace"), w.tail()
 
     top = [item for item, _ in n_item.most_common(40)]
     for item in top:
