@@ -783,7 +783,7 @@ class Worker:
                 self._close_category(st, wm, priors, consumed_at)
             keys: set[str] = set()
             for meta in metas:
-                k = meta.pending.pop(w, None)
+                k = meta.pending.get(w)
                 if k:
                     keys |= k
             closed: list[ClosedWindow] = []
@@ -802,6 +802,12 @@ class Worker:
                         slice_end = time.monotonic() + CLOSE_SLICE_S
             if closed:
                 self._decide_closed(closed, as_of, consumed_at)
+            # Only now: a step abandoned above (a rebalance, a stop) leaves the window pending in
+            # the metas a flush writes, and its owner closes the rest of its items later (closing
+            # an item's window again is a no-op). Popped before, the items not reached yet were
+            # left open with nothing pending to close them.
+            for meta in metas:
+                meta.pending.pop(w, None)
             if time.monotonic() >= slice_end:
                 if not await self._yield_in_step(generation):
                     return
@@ -859,10 +865,12 @@ class Worker:
         consumer.resume_partitions(tps)
 
     async def _yield_in_step(self, generation: int) -> bool:
-        """Let the event loop run; False if partitions were revoked or assigned meanwhile: the step's
-        states and metas were flushed and dropped then, and the owners reload them to go on."""
+        """Let the event loop run; False if partitions were revoked or assigned meanwhile (the step's
+        states and metas were flushed and dropped then, and the owners reload them to go on), or if
+        the worker is stopping (Faust drops the tables' data as it stops: a step going on would
+        close windows of empty, re-created states)."""
         await asyncio.sleep(0)
-        return generation == self._generation
+        return generation == self._generation and not self.app.should_stop
 
     def _decide_closed(self, closed: list[ClosedWindow], as_of: "_AsOf", consumed_at: float) -> None:
         """Feature rows and evidence of windows that just closed, as of each window's end; the scorer
