@@ -17,12 +17,16 @@ it, which is right on the embedded broker too.
 """
 from __future__ import annotations
 
+import logging
+
 import faust
 from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from .offsets import end_offsets
 from .settings import FETCH_MAX_WAIT_MS
+
+log = logging.getLogger("launchpulse.faust")
 
 
 async def seek_to_committed_or_reset(consumer: AIOKafkaConsumer, skip_topics=frozenset(),
@@ -87,7 +91,28 @@ class _Transport(faust_aiokafka.Transport):
 
 class App(faust.App):
     """``faust.App`` whose consumer fetches with ``FETCH_MAX_WAIT_MS``, seeks every partition back
-    after a rebalance (``seek_to_committed_or_reset``) and recovers tables to their true end offsets."""
+    after a rebalance (``seek_to_committed_or_reset``), recovers tables to their true end offsets,
+    and can stop without waiting on its streams.
+
+    At a stop, Faust clears the agents' queues and then (``stream_wait_empty``) waits until every
+    message handed to an agent is acknowledged, the cleared ones included: they never are until the
+    garbage collector frees them, and the worker's stops took 13-15 s, ending in a dump of every
+    agent's stack. ``before_stop``, when set, runs first and writes and acknowledges what was
+    applied; the wait is then skipped for that stop, and what was not applied is read again at the
+    next start (Faust commits only acknowledged offsets).
+    """
+
+    before_stop = None  # async callable, or None
+
+    async def on_stop(self) -> None:
+        if self.before_stop is not None:
+            try:
+                await self.before_stop()
+            except Exception:  # noqa: BLE001 - then wait as Faust does: nothing is lost either way
+                log.exception("writing state before the stop failed; waiting for the streams instead")
+            else:
+                self.conf.stream_wait_empty = False
+        await super().on_stop()
 
     def _new_transport(self):
         return _Transport(self.conf.broker_consumer, self)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer
+from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
 from launchpulse.models import features
@@ -217,6 +218,7 @@ class Worker:
         # Closed sessions with a view / a cart, per partition, replicated like the item totals.
         self.session_keys = meta_keys(s.state_partitions, "#sessions")
         app.agent(self.routed, name="process")(self._process)
+        app.before_stop = self._write_before_stop
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_rebalance_complete.connect(self._on_recovered)
@@ -243,6 +245,24 @@ class Worker:
         self._owned_parts = None
         self._closed_through = -(1 << 62)
         self._generation += 1
+
+    async def _write_before_stop(self) -> None:
+        """Write and acknowledge every envelope applied so far (FaustApp.before_stop).
+
+        The flow stops first, as Faust's own stop does next: the agent gets nothing more (what it
+        has queued is dropped and read again at the next start), so the stop does not wait on it.
+        A close step under way is abandoned at its next yield (the app is stopping, see
+        _yield_in_step); the windows it did not reach stay pending in the metas written here.
+        """
+        try:
+            self.app.consumer.stop_flow()
+            self.app.flow_control.suspend()
+            self.app.flow_control.clear()
+        except ConsumerNotStarted:
+            return
+        if self.unacked or self.dirty_items or self.dirty_metas or self._pending_writes:
+            await self._flush()
+        await self._delivered()
 
     async def _on_assigned(self, *args, **kwargs) -> None:
         # Faust keeps a paused partition paused across a rebalance that leaves it assigned, and the

@@ -1,4 +1,5 @@
-"""Crash recovery on the real broker: SIGKILL twice mid-replay, fresh data directories each time.
+"""Crash recovery on the real broker: SIGKILL twice mid-replay, or one graceful stop, fresh data
+directories each time.
 
 The all-time association counts served afterwards must equal the exact batch truth
 computed here from the same orders (issue: effectively-once state on an at-least-once
@@ -89,6 +90,30 @@ def _wait(pred, timeout, what, worker):
 
 
 def test_sigkill_twice_then_exact_associations(deployment):
+    # Worker 1 is killed once it has applied about a third of the basket lines, worker 2 at two thirds.
+    _stop_and_replace(deployment, [(0.3, signal.SIGKILL), (0.3, signal.SIGKILL)])
+
+
+def test_graceful_stop_mid_replay_then_exact_associations(deployment):
+    # A stop writes and acknowledges what was applied and leaves the rest to the next worker without
+    # waiting on Faust's streams (faust_transport.App.before_stop); nothing may be lost either way.
+    _stop_and_replace(deployment, [(0.4, signal.SIGTERM)])
+
+
+def _graceful_stop(w) -> None:
+    """SIGTERM: exit 0 without Faust's wait on its streams, and with no state error (a stop used to
+    leave the agent closing windows of states Faust had dropped)."""
+    w.stop()
+    assert w.proc.returncode == 0, w.tail()
+    log = w.log_path.read_text(errors="replace")
+    assert "wait_empty: Waiting" not in log, w.tail()  # Faust's wait on its streams, skipped
+    assert "state stage failed" not in log, w.tail()
+
+
+def _stop_and_replace(deployment, stops):
+    """Replay the orders; stop a worker at each (share of the basket lines it applied, signal), each
+    once it has committed some envelopes of its own; a last worker must then serve the exact truth,
+    and stop gracefully."""
     orders = _orders()
     n_total, n_item, pair = batch_truth(orders)
     s = deployment.settings()
@@ -103,20 +128,20 @@ def test_sigkill_twice_then_exact_associations(deployment):
                                                 range(s.state_partitions)))
         return sum(o for o in offsets.values() if o and o > 0)
 
-    # Each worker is killed once it has applied about a third of the basket lines (the second replays
-    # from the first's commits) and has committed some envelopes of its own.
     lines = sum(len({x["item_id"] for x in o["items"]}) for o in orders)
-    workers = []
-    for k in range(2):
+    for k, (share, sig) in enumerate(stops):
         before = committed()
-        w = deployment.worker(data_dir=f"kill-{k}", **DAILY)
-        workers.append(w)
+        w = deployment.worker(data_dir=f"stop-{k}", **DAILY)
         w.wait_healthy()
-        _wait(lambda: progress(w)["records_processed"] >= 0.3 * lines, 240, f"worker {k} to make progress", w)
+        _wait(lambda: progress(w)["records_processed"] >= share * lines, 240, f"worker {k} to make progress", w)
         _wait(lambda: committed() > before, 60, f"worker {k} to commit", w)
-        w.stop(signal.SIGKILL)
+        if sig == signal.SIGTERM:
+            at_stop = committed()
+            _graceful_stop(w)
+            assert committed() > at_stop, "the stop committed nothing of what it wrote"
+        else:
+            w.stop(sig)
     last = deployment.worker(data_dir="final", **DAILY)
-    workers.append(last)
     last.wait_healthy()
     try:
         _wait(lambda: progress(last)["orders_total"] == n_total, 300, "all orders counted once", last)
@@ -136,3 +161,4 @@ def test_sigkill_twice_then_exact_associations(deployment):
         assert_rows_exact(item, rows, expected, n_total, n_item)
         missing = [p for p, c in expected.items() if c >= 10 and p not in rows]
         assert not missing, (item, missing[:5])
+    _graceful_stop(last)
