@@ -72,7 +72,6 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return await self.call_thread(seek_to_committed_or_reset, self._ensure_consumer(),
                                       frozenset(app.tables.changelog_topics), app.conf.consumer_auto_offset_reset)
 
-
     async def _highwaters(self, partitions):
         # Faust reads a table's changelog up to these offsets when it recovers the table.
         if self.consumer.in_transaction:

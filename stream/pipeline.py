@@ -365,7 +365,10 @@ class Worker:
             self._gap_reader = AIOKafkaConsumer(bootstrap_servers=self.s.bootstrap_servers, group_id=None,
                                                 enable_auto_commit=False, **self.s.kafka_security())
             await self._gap_reader.start()
+        generation = self._generation
         found = await read_range(self._gap_reader, tp, expected, message.offset)
+        if generation != self._generation:  # a rebalance meanwhile: the owner reads them from its commit
+            return []
         self.envelopes_refetched += len(found)
         await consumer._add_gap(tp, expected, message.offset - 1)
         log.warning("routed partition %s: envelope at offset %s arrived where %s was due (Faust's read offset "
