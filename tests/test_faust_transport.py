@@ -221,3 +221,42 @@ def test_worker_reads_back_envelopes_it_never_received(deployment, tmp_path):
     assert found == [(i, b"%d" % i) for i in range(4, 8)]
     assert again == [] and refetched == 4
     assert gap == [(4, 8)]  # offsets 4-7: Faust's interval tree excludes the end
+
+
+def test_worker_counts_every_event_when_envelopes_never_reach_its_agent(deployment):
+    """End to end: the agent never receives routed envelopes 5 and 6 of partition 0 (fault injected
+    in the worker process, tests/faults/sitecustomize.py). The worker reads them back and applies
+    them: every event counted, and commits go past the two offsets. Without the read-back, runs counted
+    1,995 and 1,997 of 2,000 events (2026-11-24)."""
+    import os
+    import time
+
+    import orjson
+
+    from conftest import http_json
+    from diagnose import committed_offsets
+    from hostile import click
+    from launchpulse.stream.admin import ensure_topics
+    from test_worker_e2e import _produce, _wait_counted
+
+    s = deployment.settings()
+    asyncio.run(ensure_topics(s))
+    faults = os.pathsep.join(p for p in (os.path.join(os.path.dirname(__file__), "faults"),
+                                         os.environ.get("PYTHONPATH")) if p)
+    w = deployment.worker(PYTHONPATH=faults, LAUNCHPULSE_TEST_DROP_ROUTED="0:5,6", LAUNCHPULSE_FLUSH_INTERVAL_MS="500")
+    w.wait_healthy()
+    clicks = [(s.topic_clickstream, orjson.dumps(click(i))) for i in range(2000)]
+    for k in range(0, len(clicks), 100):  # in steps, so that routed partition 0 gets many envelopes
+        asyncio.run(_produce(s, clicks[k:k + 100]))
+        time.sleep(0.3)
+    _wait_counted(w, 2000)
+    progress = http_json(w.base + "/progress")[1]
+    assert progress["events_counted"] == 2000 and progress["envelopes_refetched"] == 2, progress
+    assert "arrived where 5 was due" in w.log_path.read_text(errors="replace")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        committed = asyncio.run(committed_offsets(s.bootstrap_servers, s.app_id, s.routed_topic, [0]))[0]
+        if committed and committed > 7:
+            break
+        time.sleep(0.5)
+    assert committed and committed > 7, committed
