@@ -234,9 +234,7 @@ class Worker:
         # Write what was applied, and acknowledge it, while these partitions are still ours:
         # Faust does not replay envelopes of partitions that stay assigned across a rebalance,
         # so unwritten state dropped here would be lost.
-        if self.unacked or self.dirty_items or self.dirty_metas or self._pending_writes:
-            await self._flush()
-        await self._delivered()
+        await self._write_applied()
         self.cache.clear()
         self._ids_range.clear()
         self.metas.clear()
@@ -260,6 +258,10 @@ class Worker:
             self.app.flow_control.clear()
         except ConsumerNotStarted:
             return
+        await self._write_applied()
+
+    async def _write_applied(self) -> None:
+        """Write every envelope applied so far and acknowledge it, and wait for the writes' delivery."""
         if self.unacked or self.dirty_items or self.dirty_metas or self._pending_writes:
             await self._flush()
         await self._delivered()

@@ -36,14 +36,18 @@ async def _read_to_end(consumer, tps) -> None:
     raise AssertionError(positions)
 
 
-async def _scenario(bootstrap: str, reset: str) -> dict:
-    stream, changelog = f"seek-{uuid.uuid4().hex[:8]}", f"seek-{uuid.uuid4().hex[:8]}-changelog"
+async def _create(bootstrap: str, *topics) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(stream, 3, 1), NewTopic(changelog, 1, 1)])
+        await admin.create_topics([NewTopic(t, parts, 1) for t, parts in topics])
     finally:
         await admin.close()
+
+
+async def _scenario(bootstrap: str, reset: str) -> dict:
+    stream, changelog = f"seek-{uuid.uuid4().hex[:8]}", f"seek-{uuid.uuid4().hex[:8]}-changelog"
+    await _create(bootstrap, (stream, 3), (changelog, 1))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
     await producer.start()
     try:
@@ -107,15 +111,6 @@ async def _produce_in_batches(bootstrap: str, topic: str, sizes, partition: int 
     return offsets
 
 
-async def _create(bootstrap: str, *topics) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(t, parts, 1) for t, parts in topics])
-    finally:
-        await admin.close()
-
-
 def test_end_offsets_count_every_record_of_the_last_batch(broker_url):
     bootstrap = broker_url.split("://", 1)[1]
 
@@ -145,12 +140,10 @@ def test_end_offsets_count_every_record_of_the_last_batch(broker_url):
 TABLE_APP = r"""
 import asyncio, os, sys
 from launchpulse.stream.faust_transport import App
+from launchpulse.stream.pipeline import _raw_table  # the worker's tables: raw byte keys and values
 app = App(sys.argv[1], broker=sys.argv[2], store="memory://", web_enabled=False, topic_partitions=1,
           broker_rebalance_timeout=4, broker_session_timeout=10, broker_heartbeat_interval=1.0)
-table = app.Table("t", partitions=1, key_type=bytes, value_type=bytes)
-table.key_serializer = table.value_serializer = "raw"  # as stream/pipeline._raw_table does
-table._changelog_topic = None
-app.tables._changelogs[table.changelog_topic.get_topic_name()] = table
+table = _raw_table(app.Table("t", partitions=1, key_type=bytes, value_type=bytes))
 
 @app.task
 async def report():
