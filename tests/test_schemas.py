@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from launchpulse.schemas import load_schema
 from launchpulse.schemas.validate import (
-    CODES, Invalid, MAX_MESSAGE_BYTES, dead_letter_record, format_ts, parse_message, parse_ts, validate_event,
+    CODES, Invalid, MAX_MESSAGE_BYTES, dead_letter_record, format_ts, parse_message, parse_ts, validate_click,
+    validate_click_fully, validate_event,
 )
 
 KIND_SCHEMA = {"clickstream": "clickstream", "order": "order", "catalog": "catalog"}
@@ -72,6 +73,53 @@ def test_validator_agrees_with_schema_files(case):
     if ours_ok(kind, obj):
         assert schema_ok(kind, obj), f"validator accepted what {kind}.json refuses: {obj!r}"
     _valid_variants(kind, obj)
+
+
+def _click_outcome(validate, obj):
+    try:
+        return validate(obj, str.upper)
+    except Invalid as e:
+        return (e.code, e.error)
+
+
+# Mostly valid clicks with one field changed: they sit on the fast path's edges.
+BASE_CLICK = {"event_id": "e1", "ts": 1793527200000, "user_id": "u", "session_id": "s", "event_type": "view",
+              "item_id": "i", "category_id": "c", "price": 2.5}
+near_click = st.tuples(st.sampled_from([*BASE_CLICK, "query", "rating", "extra"]),
+                       st.one_of(ids, tss, nums, st.sampled_from(["view", "search", "buy", None, 3, "", "a\u2028b"])),
+                       st.booleans()).map(lambda c: {k: v for k, v in {**BASE_CLICK, c[0]: c[1]}.items()
+                                                     if not (c[2] and k == c[0])})
+
+
+@settings(max_examples=4000, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.one_of(click, near_click, st.just(BASE_CLICK), st.integers(), st.lists(st.integers(), max_size=2)))
+def test_click_fast_path_agrees_with_full_validation(obj):
+    """validate_click's fast path accepts nothing the full checks refuse, and gives the same event."""
+    assert _click_outcome(validate_click, obj) == _click_outcome(validate_click_fully, obj)
+
+
+def test_click_fast_path_is_taken_for_a_plain_click(monkeypatch):
+    import launchpulse.schemas.validate as v
+
+    def refuse(*a):
+        raise AssertionError("full validation ran")
+    monkeypatch.setattr(v, "validate_click_fully", refuse)
+    for variant in (BASE_CLICK, {k: x for k, x in BASE_CLICK.items() if k not in ("price", "category_id")},
+                    {**BASE_CLICK, "price": 3}):
+        ev = v.validate_click(variant, str.upper)
+        assert (ev.user_key, ev.price, ev.rating) == ("U", None if "price" not in variant else float(variant["price"]), None)
+
+
+def test_pseudonymiser_is_hmac_sha256():
+    import hashlib
+    import hmac
+
+    from launchpulse.schemas.validate import Pseudonymiser
+
+    for key in (b"k", b"x" * 64, b"y" * 65, bytes(range(200))):
+        p = Pseudonymiser(key)
+        for value in ("alice@example.com", "", "\u00e9l\u00e8ve", "u" * 300):
+            assert p(value) == p(value) == hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 @settings(max_examples=4000, deadline=None)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from launchpulse.models.associations import ItemAssociations
 from launchpulse.models.propensity import ProgressiveScore, PropensityModel
 from launchpulse.models.routing import (
+    route_category_records,
     route_event,
     route_event_extended,
     route_session_records,
@@ -342,6 +343,24 @@ def test_session_routing_records():
     for ev in (c, o, CatalogEvent("a", 1, "A", "c", 1.0, "live", None, None)):
         assert route_event_extended(ev, sessions=False, categories=False) == route_event(ev)
         assert sum(r["n"] for _k, r in route_event_extended(ev)) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.builds(ClickEvent, st.sampled_from(["e1", "e2"]), st.integers(0, 10**13), st.sampled_from(["u1", "u2"]),
+                 st.sampled_from(["s1", "s2"]), st.sampled_from(ETYPES), st.one_of(st.none(), st.sampled_from(["a", "b"])),
+                 st.one_of(st.none(), st.sampled_from(["c1", "c2"])), st.one_of(st.none(), st.floats(0, 100)),
+                 st.one_of(st.none(), st.integers(1, 5))),
+       st.booleans(), st.booleans())
+def test_extended_click_records_are_the_three_routings(ev, sessions, categories):
+    """route_event_extended's direct path for clicks gives what the three routings compose to."""
+    want = route_event(ev)
+    if sessions:
+        want = route_session_records(ev) if ev.item_id is None else want + route_session_records(ev)
+        if ev.item_id is None:
+            want[0][1]["n"] = 1
+    if categories:
+        want = want + route_category_records(ev)
+    assert route_event_extended(ev, sessions, categories) == want
 
 
 @settings(max_examples=200, deadline=None)
