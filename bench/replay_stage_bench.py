@@ -68,11 +68,11 @@ async def no_delivery(prev, state_records=(), meta_records=(), *a, **k) -> None:
 async def replay(args) -> dict:
     from launchpulse.models.routing import Partitioner
     from launchpulse.schemas.validate import Pseudonymiser, parse_message
-    from launchpulse.stream.cli import _load_scorer, _tune_gc
+    from launchpulse.stream.cli import _load_scorer
     from launchpulse.stream.datasets import instacart_events
     from launchpulse.stream.ingest import pack_envelopes, route_events
     from launchpulse.stream.pipeline import Worker
-    from launchpulse.stream.settings import Settings
+    from launchpulse.stream.settings import Settings, tune_gc
 
     s = Settings.from_env()
     events = instacart_events(limit=args.events)
@@ -83,7 +83,7 @@ async def replay(args) -> dict:
     signals = worker.signals_topic = CountedSignals()
 
     worker._deliver = no_delivery
-    _tune_gc()
+    tune_gc(s.gc_gen0)
 
     # Ingest: route each message's events; every ingest_max_records messages, one envelope per owner
     # partition (the last of a partition's envelopes carrying the report of where input stands).

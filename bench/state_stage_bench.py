@@ -46,15 +46,14 @@ def main() -> int:
 
     from pipeline_bench import live_clicks
 
-    from launchpulse.stream.cli import _tune_gc
     from launchpulse.stream.pipeline import Worker
-    from launchpulse.stream.settings import Settings
+    from launchpulse.stream.settings import Settings, tune_gc
 
     s = Settings.from_env()
     clicks = live_clicks(args.clicks)
     asyncio.set_event_loop(asyncio.new_event_loop())
     worker = Worker(s)  # its Faust app and tables are built, never started
-    _tune_gc()
+    tune_gc(s.gc_gen0)
     for day in range(args.days if args.close else 1):
         later = {} if day == 0 else None
         msgs = [orjson.dumps({k: v for k, v in e.items() if k != "kind"} if later is not None else

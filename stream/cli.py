@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .settings import Settings
+from .settings import Settings, tune_gc
 from .argtypes import port as _port, positive as _positive
 
 
@@ -124,34 +124,13 @@ def cmd_worker(args) -> int:
 
     asyncio.run(ensure_topics(settings))
     worker = Worker(settings, scorer=_load_scorer(settings))
-    _tune_gc()
+    tune_gc(settings.gc_gen0)
     fw = faust.Worker(worker.app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
     # At WARNING and above Faust keeps a terminal spinner that sets the root logger to DEBUG, so every
     # aiokafka debug line (one per produced record) is formatted for it: measured at 2-5% of the worker.
     fw.spinner = None
     fw.execute_from_commandline()
     return 0
-
-
-def _tune_gc() -> None:
-    """Keep the cyclic garbage collector off the hot path.
-
-    Everything imported so far (Faust, aiokafka, torch: hundreds of thousands of objects) is
-    moved out of the collector's reach, and young collections run every GC_GEN0_THRESHOLD
-    allocations instead of 700: the state stage allocates a few dicts and lists per record,
-    and with the default threshold collections took a large share of the worker's time.
-    Item states hold no reference cycles, so nothing is kept alive longer by this.
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gen0 = int(os.environ.get("LAUNCHPULSE_GC_GEN0", GC_GEN0_THRESHOLD))
-    if gen0 > 0:
-        gc.set_threshold(gen0, 20, 10)
-
-
-GC_GEN0_THRESHOLD = 50_000
 
 
 def _load_scorer(settings: Settings):

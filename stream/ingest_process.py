@@ -29,7 +29,7 @@ import time
 
 import orjson
 
-from .settings import Settings
+from .settings import Settings, tune_gc
 
 log = logging.getLogger("launchpulse.ingest")
 
@@ -275,6 +275,7 @@ def main(argv: list[str]) -> int:
     # goes to stderr with the logs, instead of into the report stream.
     reports = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
+    tune_gc(settings.gc_gen0)
     try:
         loop.run_until_complete(_child(settings, stop, reports))
     finally:

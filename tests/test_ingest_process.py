@@ -3,14 +3,18 @@ a child that dies is replaced without losing input, and a worker that dies leave
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from launchpulse.stream.admin import ensure_topics
 from launchpulse.stream.ingest_process import MetricUpdates, apply_updates
 from launchpulse.stream.metrics import Metrics
+from launchpulse.stream.settings import Settings
 
 from conftest import http_json
 from hostile import HOSTILE, click
@@ -82,6 +86,20 @@ def _wait(cond, timeout: float, what: str, tail=lambda: ""):
             return v
         time.sleep(0.25)
     raise AssertionError(f"{what} within {timeout} s\n{tail()}")
+
+
+def test_gc_threshold_is_a_setting_for_worker_and_children(monkeypatch):
+    """LAUNCHPULSE_GC_GEN0 is read once into the settings the children receive; tune_gc applies it."""
+    monkeypatch.setenv("LAUNCHPULSE_GC_GEN0", "1234")
+    assert Settings.from_env().gc_gen0 == 1234
+    monkeypatch.setenv("LAUNCHPULSE_GC_GEN0", "-1")
+    with pytest.raises(SystemExit, match="LAUNCHPULSE_GC_GEN0"):
+        Settings.from_env()
+    probe = ("import gc; from launchpulse.stream.settings import tune_gc; t = gc.get_threshold(); tune_gc({}); "
+             "print(gc.get_threshold()[0], gc.get_threshold()[0] == t[0], gc.get_freeze_count() > 0)")
+    for gen0, want in ((1234, "1234 False True"), (0, "700 True True")):
+        out = subprocess.run([sys.executable, "-c", probe.format(gen0)], capture_output=True, text=True, check=True)
+        assert out.stdout.split() == want.split()
 
 
 def test_two_ingest_children(deployment):
