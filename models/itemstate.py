@@ -10,6 +10,7 @@ plain dicts with short keys, see :data:`RECORD_FIELDS`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 
 from .associations import ItemAssociations
 from .sessions import learn_session_record
@@ -52,7 +53,11 @@ _IDX = {name: i for i, name in enumerate(COUNTERS)}
 _CLICK_COUNTER = {"view": 0, "add_to_cart": 1, "remove_from_cart": 2, "wishlist": 3}
 
 ACCEPTED, DUPLICATE, LATE = "accepted", "duplicate", "late"
-SESSION_DEDUPE_KEEP = 1024  # closed-session ids remembered per item
+SESSION_DEDUPE_KEEP = 1024  # closed-session ids remembered per item, at least
+# ... and at most this many more: the oldest are dropped in one pass every SESSION_DEDUPE_SLACK
+# sessions. Dropping them one session at a time rebuilt the list of 1,024 ids for every session of
+# a busy item: a third of closing a live day's sessions in the profile of the fourteenth session.
+SESSION_DEDUPE_SLACK = 256
 _ZERO = (0.0,) * len(COUNTERS)
 
 
@@ -195,15 +200,16 @@ class ItemState:
 
         Session records carry the session's close time, which may be behind closed windows: they
         are never late. Repeats (a replay after a crash) are recognised among the last
-        SESSION_DEDUPE_KEEP ids, which covers any replay horizon of the worker's flush cycle.
+        SESSION_DEDUPE_KEEP ids at least, which covers any replay horizon of the worker's flush cycle.
         """
         rid = rec["id"]
-        if rid in self.session_seen:
+        seen = self.session_seen
+        if rid in seen:
             return False
-        self.session_seen[rid] = rec["t"]
-        if len(self.session_seen) > SESSION_DEDUPE_KEEP:
-            for k in list(self.session_seen)[: len(self.session_seen) - SESSION_DEDUPE_KEEP]:
-                del self.session_seen[k]
+        seen[rid] = rec["t"]
+        if len(seen) > SESSION_DEDUPE_KEEP + SESSION_DEDUPE_SLACK:
+            for k in list(islice(seen, len(seen) - SESSION_DEDUPE_KEEP)):  # the oldest (insertion order)
+                del seen[k]
         learn_session_record(self.assoc, rec)
         pp = rec.get("pp")
         if pp is not None:

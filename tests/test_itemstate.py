@@ -451,3 +451,24 @@ def test_states_of_the_previous_versions_still_load():
     cat.apply({"k": "o", "id": "o1", "t": 10, "L": [["x", 1]]}, CFG)
     doc = {**cat.to_state(), "version": 4}
     assert CategoryState.from_state(doc).seen == {"o1": 10}
+
+
+def test_closed_sessions_are_deduplicated_over_the_last_keep_ids_at_least():
+    """A repeated session record is refused while it is among the last SESSION_DEDUPE_KEEP ids (any of
+    them, at any point); the memory stays within KEEP + SLACK ids; the oldest go first; a state round
+    trip keeps what is remembered."""
+    from launchpulse.models.itemstate import SESSION_DEDUPE_KEEP as KEEP, SESSION_DEDUPE_SLACK as SLACK
+
+    cfg = WindowConfig(size_ms=3_600_000, grace_ms=0)
+    st = ItemState("a")
+    rec = lambda n: {"k": "s", "id": f"s{n}", "t": 1_000 + n, "i": "a", "v": ["b"], "ca": None, "pp": None, "n": 0}  # noqa: E731
+    rng = random.Random(5)
+    for n in range(3 * (KEEP + SLACK) + 17):
+        assert st.apply_session(rec(n), cfg)
+        assert KEEP <= len(st.session_seen) <= KEEP + SLACK or len(st.session_seen) == n + 1
+        back = n - rng.randrange(min(n, KEEP - 1) + 1)  # any of the last KEEP, this one included
+        assert not st.apply_session(rec(back), cfg)
+        if n % 500 == 0:
+            st = ItemState.from_state(orjson.loads(orjson.dumps(st.to_state())))
+    assert sorted(st.session_seen, key=lambda k: int(k[1:])) == list(st.session_seen)  # oldest first
+    assert st.assoc.n_view == 3 * (KEEP + SLACK) + 17  # every session learnt once
