@@ -135,25 +135,34 @@ class CategoryState:
         """
         ts = rec["t"]
         kind = rec["k"]
-        start = cfg.start_of(ts)
+        start = ts - ts % cfg.size_ms  # cfg.start_of, inlined (once per record)
         rid = rec["id"]
         if kind == "g":
             self._catalog(rec)
             return ACCEPTED
-        if self.closed_through is not None and start <= self.closed_through:
+        closed = self.closed_through
+        if closed is not None and start <= closed:
             return LATE
-        if rid in self.seen:
+        seen = self.seen
+        if rid in seen:
             return DUPLICATE
-        self.seen[rid] = ts
-        if self.first_seen is None or ts < self.first_seen:
+        seen[rid] = ts
+        first = self.first_seen
+        if first is None or ts < first:
             self.first_seen = ts
-        win = self.windows.get(start)
+        windows = self.windows
+        win = windows.get(start)
         if win is None:
-            win = self.windows[start] = {}
+            win = windows[start] = {}
         if kind == "c":
             j = _CLICK.get(rec.get("e"))
-            if j is not None and rec.get("i") is not None:
-                self._add(win, start, rec["i"], j, 1.0)
+            item = rec.get("i")
+            if j is not None and item is not None:
+                row = win.get(item)
+                if row is not None:  # _add's common case, inlined
+                    row[j] += 1.0
+                else:
+                    self._add(win, start, item, j, 1.0)
         elif kind == "o":
             for line in rec["L"]:  # [item, quantity, revenue]
                 self._add(win, start, line[0], 0, float(line[1]))

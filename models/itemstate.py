@@ -142,27 +142,33 @@ class ItemState:
         records are never late.
         """
         ts = rec["t"]
-        start = cfg.start_of(ts)
+        start = ts - ts % cfg.size_ms  # cfg.start_of, inlined (once per record)
         kind = rec["k"]
+        closed = self.closed_through
         # Catalog records describe the item (stock, status, launch), they count in no window: never late.
-        if kind != "g" and self.closed_through is not None and start <= self.closed_through:
+        if kind != "g" and closed is not None and start <= closed:
             return LATE
         rid = rec["id"]
-        if rid in self.seen:
+        seen = self.seen
+        if rid in seen:
             return DUPLICATE
-        self.seen[rid] = ts
-        if self.first_seen is None or ts < self.first_seen:
+        seen[rid] = ts
+        first = self.first_seen
+        if first is None or ts < first:
             self.first_seen = ts
         if kind == "g":
             self._apply_catalog(rec, cfg)
             return ACCEPTED
-        row = self.windows.get(start)
+        windows = self.windows
+        row = windows.get(start)
         if row is None:
-            row = self.windows[start] = [0.0] * len(COUNTERS)
-        if rec.get("c") and self.category_id is None:
-            self.category_id = rec["c"]
-        if rec.get("p") is not None:
-            self.price = rec["p"]
+            row = windows[start] = [0.0] * len(COUNTERS)
+        cat = rec.get("c")
+        if cat and self.category_id is None:
+            self.category_id = cat
+        price = rec.get("p")
+        if price is not None:
+            self.price = price
         if kind == "c":
             j = _CLICK_COUNTER.get(rec["e"])
             if j is not None:

@@ -103,30 +103,32 @@ class SessionState:
 
     def apply(self, rec: Mapping, cfg: SessionConfig) -> str:
         rid = rec["id"]
-        if rid in self.seen:
+        seen = self.seen
+        if rid in seen:
             return DUPLICATE
-        if len(self.seen) >= cfg.max_events:
+        if len(seen) >= cfg.max_events:
             self.dropped_events += 1
             return ACCEPTED  # accepted by the pipeline, not stored: the session is a bot's
         ts = rec["t"]
-        self.seen[rid] = ts
-        if self.first_ts is None or ts < self.first_ts:
+        seen[rid] = ts
+        first, last = self.first_ts, self.last_ts
+        if first is None or ts < first:
             self.first_ts = ts
-        if self.last_ts is None or ts > self.last_ts:
+        if last is None or ts > last:
             self.last_ts = ts
         name = _COUNTER.get(rec.get("e"))
-        if name is not None:
-            self.counts[name] = self.counts.get(name, 0) + 1
-        item = rec.get("i")
-        if item is not None:
-            if name == "views":
-                self._touch(self.viewed, item, cfg)
-            elif name == "carts":
-                self._touch(self.carted, item, cfg)
-        p = rec.get("p")
-        if p is not None and name in ("views", "carts"):
-            self.price_sum += float(p)
-            self.price_n += 1
+        if name is None:
+            return ACCEPTED
+        counts = self.counts
+        counts[name] = counts.get(name, 0) + 1
+        if name == "views" or name == "carts":
+            item = rec.get("i")
+            if item is not None:
+                self._touch(self.viewed if name == "views" else self.carted, item, cfg)
+            p = rec.get("p")
+            if p is not None:
+                self.price_sum += float(p)
+                self.price_n += 1
         return ACCEPTED
 
     def _touch(self, items: dict, item: str, cfg: SessionConfig) -> None:

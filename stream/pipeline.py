@@ -671,6 +671,7 @@ class Worker:
         # the key's changelog records (one partitioner, murmur2 of the key): remembered for the flush,
         # which would otherwise hash every new key again (users come and go).
         remember_partition = self._partition.remember
+        due_push = meta.due.push
         for rec in recs:
             key = rec.get("K")
             if key is None:
@@ -680,7 +681,8 @@ class Worker:
                 st = state_of(key)
                 remember_partition(key, partition)
             kind = type(st)
-            if rec["k"] == "s":
+            rk = rec["k"]
+            if rk == "s":
                 # A closed session, from its user's owner: never late (it carries the close time).
                 if st.apply_session(rec, cfg):
                     dirty.add(key)
@@ -688,11 +690,11 @@ class Worker:
                 continue
             # Late: older than every input partition's progress allows (the ingest stage cannot
             # judge it, it sees only its own partitions), or its window already closed for the key.
-            if rec["t"] < late_before and rec["k"] != "g":  # catalog records count in no window
+            if rec["t"] < late_before and rk != "g":  # catalog records count in no window
                 outcome = LATE
             elif kind is UserSessions:
                 outcome = st.apply(rec, session_cfg)
-                meta.due.push(key, st.next_due_ms(session_cfg))
+                due_push(key, st.next_due_ms(session_cfg))
             elif kind is ItemState and st.first_seen is None:
                 outcome = st.apply(rec, cfg)
                 self._cold_start(st)
@@ -719,7 +721,7 @@ class Worker:
                                                       pending.setdefault(dormancy_check_window(start, cfg), set()))
                     sets[0].add(key)
                     sets[1].add(key)
-                    if rec["k"] == "o":
+                    if rk == "o":
                         dirty_totals.add(key)
                         if rec["n"] and outcome == ACCEPTED:
                             self._primary_since += 1
