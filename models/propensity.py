@@ -104,13 +104,16 @@ class PropensityModel:
         return dict(self._w)
 
     def _scaled(self, x: dict) -> dict[str, float]:
-        z = transform(x)
+        return self._standardised(transform(x))
+
+    def _standardised(self, z: dict) -> dict[str, float]:
         out = {}
+        n, mean, m2, clip = self._n, self._mean, self._m2, self.clip
         for f in FEATURES:
-            var = self._m2[f] / self._n if self._n > 1 else 0.0
+            var = m2[f] / n if n > 1 else 0.0
             sd = math.sqrt(var)
-            v = (z[f] - self._mean[f]) / sd if sd > 1e-12 else 0.0
-            out[f] = max(-self.clip, min(self.clip, v))
+            v = (z[f] - mean[f]) / sd if sd > 1e-12 else 0.0
+            out[f] = max(-clip, min(clip, v))
         return out
 
     def predict_proba_one(self, x: dict) -> float:
@@ -127,7 +130,7 @@ class PropensityModel:
             d = z[f] - self._mean[f]
             self._mean[f] += d / self._n
             self._m2[f] += d * (z[f] - self._mean[f])
-        s = self._scaled(x)
+        s = self._standardised(z)  # the features transformed once (the same z as _scaled(x) gives)
         p = _sigmoid(self._b + sum(self._w[f] * s[f] for f in FEATURES))
         g = p - (1.0 if y else 0.0)
         for f in FEATURES:
