@@ -153,6 +153,7 @@ class Worker:
         self.deleted: set[str] = set()  # keys whose state ended (a user with no open session): tombstoned
         self._flush_lock = asyncio.Lock()
         self._pending_writes: list[tuple] = []  # changelog records of the flush under way
+        self._changelog_names: dict[int, str] = {}  # id(table) -> its changelog topic's name
         self._partition = Partitioner(s.state_partitions)  # a changelog key's partition (the default partitioner)
         self._delivery: asyncio.Future | None = None  # the latest flush's delivery and acknowledgements
         self.flush_interval_s = s.flush_interval_ms / 1000
@@ -600,12 +601,14 @@ class Worker:
         thousands, so the store is set directly and the records go out together through the
         producer, to the partition Faust itself would use (the default partitioner of the key).
         """
-        store = _store(table)
+        store = table.data.data  # _store(table), inlined: a flush writes a record per dirty key
         if raw is None:
             store.pop(key, None)
         else:
             store[key] = raw if value is None else value
-        topic = table.changelog_topic.get_topic_name()
+        topic = self._changelog_names.get(id(table))
+        if topic is None:  # fixed for the app's lifetime; Faust derives it again on every call
+            topic = self._changelog_names[id(table)] = table.changelog_topic.get_topic_name()
         self._pending_writes.append((topic, key, raw, self._partition(key) if partition is None else partition))
 
     def _state(self, key: str):
