@@ -230,9 +230,9 @@ def tune_gc(gen0: int) -> None:
     moved out of the collector's reach, and young collections run every ``gen0`` allocations
     instead of 700 (0 keeps Python's thresholds): the state stage allocates a few dicts and lists
     per record, the ingest a few per message, and with the default threshold collections took a
-    large share of both (the ingest alone: 1,400 collections in 200,000 clicks, about a tenth of
-    its CPU). Item states and routed records hold no reference cycles, so nothing is kept alive
-    longer by this.
+    large share of the worker's time and some of the ingest's (1,400 collections in 200,000 clicks,
+    2-17% of its CPU across runs: bench/ingest_stage_bench.py). Item states and routed records hold
+    no reference cycles, so nothing is kept alive longer by this.
     """
     import gc
 
