@@ -158,11 +158,7 @@ class CategoryState:
             j = _CLICK.get(rec.get("e"))
             item = rec.get("i")
             if j is not None and item is not None:
-                row = win.get(item)
-                if row is not None:  # _add's common case, inlined
-                    row[j] += 1.0
-                else:
-                    self._add(win, start, item, j, 1.0)
+                self._add(win, start, item, j, 1.0)
         elif kind == "o":
             for line in rec["L"]:  # [item, quantity, revenue]
                 self._add(win, start, line[0], 0, float(line[1]))

@@ -247,21 +247,28 @@ def route_category_records(ev: Event) -> list[tuple[str, dict]]:
 def route_event_extended(ev: Event, sessions: bool = True, categories: bool = True) -> list[tuple[str, dict]]:
     """:func:`route_event` plus, opt-in, the session and category records (keys never collide: items,
     ``session:``, ``user:`` and ``category:`` prefixes)."""
-    if type(ev) is ClickEvent and ev.item_id is not None and sessions and categories:
-        # Nearly every event of a feed: its three records built directly (the same as below).
-        if ev.category_id is None:
-            return [(ev.item_id, _click_record(ev)), _click_session_record(ev)]
-        return [(ev.item_id, _click_record(ev)), _click_session_record(ev), _click_category_record(ev)]
+    if type(ev) is ClickEvent:  # nearly every event of a feed: its records built directly, one dispatch
+        return _route_click_extended(ev, sessions, categories)
     out = route_event(ev)
     if sessions:
-        srecs = route_session_records(ev)
-        if type(ev) is ClickEvent and ev.item_id is None:
-            # A search has no item: its session's owner counts it, instead of a "session:" state
-            # that nothing would ever close.
-            srecs[0][1]["n"] = 1
-            out = srecs
-        else:
-            out += srecs
+        out += route_session_records(ev)
     if categories:
         out += route_category_records(ev)
+    return out
+
+
+def _route_click_extended(ev: ClickEvent, sessions: bool, categories: bool) -> list[tuple[str, dict]]:
+    if ev.item_id is None:
+        if not sessions:
+            return route_event(ev)
+        # A search has no item (nor category record): its session's owner counts it, instead of a
+        # "session:" state that nothing would ever close.
+        key, rec = _click_session_record(ev)
+        rec["n"] = 1
+        return [(key, rec)]
+    out = [(ev.item_id, _click_record(ev))]
+    if sessions:
+        out.append(_click_session_record(ev))
+    if categories and ev.category_id is not None:
+        out.append(_click_category_record(ev))
     return out

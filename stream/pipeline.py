@@ -601,7 +601,7 @@ class Worker:
         thousands, so the store is set directly and the records go out together through the
         producer, to the partition Faust itself would use (the default partitioner of the key).
         """
-        store = table.data.data  # _store(table), inlined: a flush writes a record per dirty key
+        store = _store(table)
         if raw is None:
             store.pop(key, None)
         else:
