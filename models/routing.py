@@ -111,15 +111,18 @@ class Partitioner:
         return part
 
 
+# A routed record carries only what its owner reads: a worker moves three records a click, and
+# the session pseudonym on the item's record and the user's (already in the key) and the category
+# on the session's record were about 90 bytes a click that nothing read.
+
 def _click_record(ev: ClickEvent) -> dict:
     return {"k": "c", "id": ev.event_id, "t": ev.ts_ms, "i": ev.item_id, "c": ev.category_id,
-            "e": ev.event_type, "p": ev.price, "s": ev.session_key, "n": 1}
+            "e": ev.event_type, "p": ev.price, "n": 1}
 
 
 def _click_session_record(ev: ClickEvent) -> tuple[str, dict]:
     return (USER_KEY_PREFIX + ev.user_key, {"k": "c", "id": ev.event_id, "t": ev.ts_ms, "i": ev.item_id,
-                                            "c": ev.category_id, "e": ev.event_type, "p": ev.price,
-                                            "s": ev.session_key, "u": ev.user_key, "n": 0})
+                                            "e": ev.event_type, "p": ev.price, "s": ev.session_key, "n": 0})
 
 
 def _click_category_record(ev: ClickEvent) -> tuple[str, dict]:
@@ -162,8 +165,7 @@ CATEGORY_KEY_PREFIX = "category:"
 
 #: Short keys of the extra records (besides those of itemstate.RECORD_FIELDS).
 EXTRA_RECORD_FIELDS = {
-    "u": "user pseudonym (session records only; never leaves the worker, never in a signal)",
-    "s": "session pseudonym (clickstream)",
+    "s": "session pseudonym (clickstream records for the session's user; the user is the record's key)",
     "L": "order lines of one order for this key: [[item_id, quantity], ...] sorted by item_id",
 }
 
@@ -178,10 +180,10 @@ def route_session_records(ev: Event) -> list[tuple[str, dict]]:
     >>> from launchpulse.schemas import ClickEvent, OrderEvent, OrderLine
     >>> c = ClickEvent("e1", 1000, "u9", "s1", "view", "a", "c1", 2.5, None)
     >>> route_session_records(c)
-    [('user:u9', {'k': 'c', 'id': 'e1', 't': 1000, 'i': 'a', 'c': 'c1', 'e': 'view', 'p': 2.5, 's': 's1', 'u': 'u9', 'n': 0})]
+    [('user:u9', {'k': 'c', 'id': 'e1', 't': 1000, 'i': 'a', 'e': 'view', 'p': 2.5, 's': 's1', 'n': 0})]
     >>> o = OrderEvent("o1", 2000, "u9", (OrderLine("b", 1, 2.0, None), OrderLine("a", 2, 1.0, "c1")))
     >>> route_session_records(o)
-    [('user:u9', {'k': 'o', 'id': 'o1', 't': 2000, 'u': 'u9', 'L': [['a', 2], ['b', 1]], 'n': 0})]
+    [('user:u9', {'k': 'o', 'id': 'o1', 't': 2000, 'L': [['a', 2], ['b', 1]], 'n': 0})]
     """
     t = type(ev)
     if t is ClickEvent:
@@ -190,7 +192,7 @@ def route_session_records(ev: Event) -> list[tuple[str, dict]]:
         qty: dict[str, int] = {}
         for line in ev.lines:
             qty[line.item_id] = qty.get(line.item_id, 0) + line.quantity
-        return [(USER_KEY_PREFIX + ev.user_key, {"k": "o", "id": ev.order_id, "t": ev.ts_ms, "u": ev.user_key,
+        return [(USER_KEY_PREFIX + ev.user_key, {"k": "o", "id": ev.order_id, "t": ev.ts_ms,
                                                  "L": [[i, qty[i]] for i in sorted(qty)], "n": 0})]
     if t is CatalogEvent:
         return []

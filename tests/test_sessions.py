@@ -333,8 +333,8 @@ def test_due_index_round_trip_and_latest_push_wins():
 
 def test_session_routing_records():
     c = ClickEvent("e1", 10, "uk", "sk", "search", None, None, None, None)
-    assert route_session_records(c) == [("user:uk", {"k": "c", "id": "e1", "t": 10, "i": None, "c": None, "e": "search",
-                                                     "p": None, "s": "sk", "u": "uk", "n": 0})]
+    assert route_session_records(c) == [("user:uk", {"k": "c", "id": "e1", "t": 10, "i": None, "e": "search",
+                                                     "p": None, "s": "sk", "n": 0})]
     assert route_session_records(CatalogEvent("a", 1, "A", "c", 1.0, "live", None, None)) == []
     o = OrderEvent("o1", 5, "uk", (OrderLine("b", 1, 1.0, None), OrderLine("a", 1, 1.0, None), OrderLine("b", 2, 1.0, None)))
     [(key, rec)] = route_session_records(o)
