@@ -578,34 +578,38 @@ class ItemAssociations:
     # -- learning -----------------------------------------------------------
 
     def _learn(self, kind: str, partners: Iterable[str], ts_ms: int) -> None:
-        own = self.item_id
-        ps = list(dict.fromkeys(p for p in partners if p != own))  # distinct, order kept
-        slots = [(self._all, False)]
+        # A worker calls this for every item of every closed session and basket: one pass to make
+        # the partners distinct (order kept), and no per-call list of slots.
+        ps = dict.fromkeys(partners)
+        ps.pop(self.item_id, None)
+        i = _IDX[kind]
+        self._count(self._all, i, kind, False, ps)
         if self.window_ms:
-            if self._windows is None:
-                self._windows = {}
+            windows = self._windows
+            if windows is None:
+                windows = self._windows = {}
             ws = int(ts_ms) - int(ts_ms) % self.window_ms
-            slot = self._windows.get(ws)
+            slot = windows.get(ws)
             if slot is None and self.owner_prunes:
-                slot = self._windows[ws] = _Slot()
+                slot = windows[ws] = _Slot()
             elif slot is None:
-                newest = max(self._windows) if self._windows else ws
+                newest = max(windows) if windows else ws
                 oldest_kept = max(newest, ws) - (self.keep_windows - 1) * self.window_ms
                 if ws >= oldest_kept:  # too-late events only count all-time
-                    slot = self._windows[ws] = _Slot()
-                    for old in [w for w in self._windows if w < oldest_kept]:
-                        del self._windows[old]
+                    slot = windows[ws] = _Slot()
+                    for old in [w for w in windows if w < oldest_kept]:
+                        del windows[old]
             if slot is not None:
-                slots.append((slot, True))
-        i = _IDX[kind]
-        for slot, windowed in slots:
-            slot.n[i] += 1
-            c = slot.counters[i]
-            if c is None:
-                c = slot.counters[i] = PartnerCounter(self._cap(kind, windowed))
-            c.update(ps)
+                self._count(slot, i, kind, True, ps)
         if self.last_ts_ms is None or ts_ms > self.last_ts_ms:
             self.last_ts_ms = int(ts_ms)
+
+    def _count(self, slot: "_Slot", i: int, kind: str, windowed: bool, partners: Iterable[str]) -> None:
+        slot.n[i] += 1
+        c = slot.counters[i]
+        if c is None:
+            c = slot.counters[i] = PartnerCounter(self._cap(kind, windowed))
+        c.update(partners)
 
     def learn_basket(self, partners: Iterable[str], ts_ms: int) -> None:
         """One de-duplicated basket containing this item; ``partners`` = the other items."""

@@ -511,8 +511,7 @@ class _SessionsAndCategories:
                 # As the worker does: predict the purchase propensity, then learn; each touched item
                 # learns the session's co-views and adds the propensity to its expected conversions.
                 x, y = summary.propensity_example()
-                p = self.propensity.predict_proba_one(x)
-                self.propensity.learn_one(x, y)
+                p = self.propensity.predict_learn_one(x, y)
                 for item, rec in summary.item_records(round(p, 6)):
                     self.sim.state(item).apply_session(rec, self.cfg)
             nxt = u.next_due_ms(self.scfg)

@@ -222,13 +222,14 @@ class SessionSummary(NamedTuple):
         for carts, ``pp``: the session's predicted purchase propensity (for expected conversions),
         ``t``: :attr:`close_ms`. Apply with :func:`learn_session_record`, once per ``id``.
         """
-        rid = self.record_id()
+        rid, close_ms = self.record_id(), self.close_ms
+        viewed, carted = self.viewed, self.carted
+        in_viewed, in_carted = set(viewed), set(carted)
         out = []
-        viewed, carted = set(self.viewed), set(self.carted)
-        for item in self.items():
-            out.append((item, {"k": "s", "id": rid, "t": self.close_ms, "i": item,
-                               "v": [p for p in self.viewed if p != item] if item in viewed else None,
-                               "ca": [p for p in self.carted if p != item] if item in carted else None,
+        for item in sorted(in_viewed | in_carted):  # items(), its sets built once
+            out.append((item, {"k": "s", "id": rid, "t": close_ms, "i": item,
+                               "v": [p for p in viewed if p != item] if item in in_viewed else None,
+                               "ca": [p for p in carted if p != item] if item in in_carted else None,
                                "pp": propensity, "n": 0}))
         return out
 

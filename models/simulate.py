@@ -98,9 +98,8 @@ class Simulator:
             u = self.users[key]
             for summary in u.close(self.watermark, scfg):
                 x, y = summary.propensity_example()
-                p = self.propensity.predict_proba_one(x)
+                p = self.propensity.predict_learn_one(x, y)
                 self.propensity_score.update(y, p)
-                self.propensity.learn_one(x, y)
                 n += 1
                 self.sessions_ordered += y
                 for item, rec in summary.item_records(round(p, 6)):

@@ -1023,16 +1023,24 @@ class Worker:
                 meta.due.push(key, st.next_due_ms(scfg))
         # Predict-then-learn in one order whatever the watermark's steps were: by close time, then session.
         summaries.sort(key=lambda sm: (sm.close_ms, sm.session_key))
+        model, score, totals, owner = meta.propensity, self.propensity_score, meta.session_totals, self._partition
+        ordered = 0
         for summary in summaries:
             x, y = summary.propensity_example()
-            p = meta.propensity.predict_proba_one(x)
-            self.propensity_score.update(y, p)
-            meta.propensity.learn_one(x, y)
-            meta.session_totals.add(summary)
-            self.metrics.sessions_closed.labels("ordered" if y else "not_ordered").inc()
+            p = model.predict_learn_one(x, y)
+            score.update(y, p)
+            totals.add(summary)
+            ordered += y
             for item, rec in summary.item_records(round(p, 6)):
-                out.setdefault(self._partition(item), []).append(rec)
-        score = self.propensity_score
+                recs = out.get(part := owner(item))
+                if recs is None:
+                    out[part] = [rec]
+                else:
+                    recs.append(rec)
+        if summaries:  # counted once per step, not per session
+            closed = self.metrics.sessions_closed
+            closed.labels("ordered").inc(ordered)
+            closed.labels("not_ordered").inc(len(summaries) - ordered)
         if score.n:
             auc, loss = score.auc(), score.logloss()
             if auc is not None:
