@@ -52,6 +52,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import orjson
+
 from .decisions import CategoryEvidence, Thresholds
 from .trends import TrendModel, model_state as _model_state
 from .windows import WindowConfig
@@ -337,6 +339,13 @@ class CategoryState:
         if ids:
             d["seen"] = self.seen
         return d
+
+    def to_json(self, **extra) -> bytes:
+        """``to_state(ids=False)`` and the ``extra`` fields after it, serialised: as ItemState.to_json."""
+        d = self.to_state(ids=False, models_json=True)
+        if extra:
+            d.update(extra)
+        return orjson.dumps(d)
 
     @classmethod
     def from_state(cls, d: Mapping) -> CategoryState:

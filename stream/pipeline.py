@@ -574,9 +574,7 @@ class Worker:
             self._ids_garbage.extend((chunk_key(kb, n), part) for n in garbage)
         self._ids_range[key] = rng
         st.ids_persisted = len(st.seen)
-        doc = st.to_state(ids=False, models_json=True)  # unchanged models: their cached JSON
-        doc["ids"] = rng
-        self._table_writes(self.items, kb, None, orjson.dumps(doc), part)
+        self._table_writes(self.items, kb, None, st.to_json(ids=rng), part)
 
     def _with_ids(self, key: str, doc: dict) -> tuple[dict, bool]:
         """A stored item or category state with its dedupe ids read back from their chunks; and whether

@@ -144,6 +144,7 @@ def test_online_category_windows_equal_batch(seed, roundtrip):
         assert cats[key].trend.to_state() == ref.to_state()
         # the flush writes the models from their cached JSON: the same bytes
         assert orjson.dumps(cats[key].to_state(models_json=True)) == orjson.dumps(cats[key].to_state())
+        assert cats[key].to_json(ids=[0, 1]) == orjson.dumps({**cats[key].to_state(ids=False), "ids": [0, 1]})
     for key in closed:
         assert key in batch or all(w.units == w.views == w.carts == 0 for w in closed[key])
 

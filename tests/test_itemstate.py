@@ -136,8 +136,10 @@ def test_models_written_from_their_cached_json_are_the_state_serialised(events, 
             pending = {s for s in pending if not CFG.closable(s, wm)}
             st_.close_windows(CFG, wm)
         assert orjson.dumps(st_.to_state(models_json=True)) == orjson.dumps(st_.to_state())
+        assert st_.to_json(ids=[0, i]) == orjson.dumps({**st_.to_state(ids=False), "ids": [0, i]})
     st_.close_windows(CFG, wm + 10 * CFG.size_ms)  # dormant: the models start afresh
     assert orjson.dumps(st_.to_state(models_json=True)) == orjson.dumps(st_.to_state())
+    assert st_.to_json() == orjson.dumps(st_.to_state(ids=False))
 
 
 def test_duplicates_count_once_and_dormancy_drops_the_model():
