@@ -39,7 +39,7 @@ from launchpulse.models.propensity import ProgressiveScore
 from launchpulse.models.routing import CATEGORY_KEY_PREFIX, USER_KEY_PREFIX
 from launchpulse.models.sessions import SessionConfig, UserSessions
 from launchpulse.models.scorer import TrendScorer
-from launchpulse.models.trends import TrendModel, summarise
+from launchpulse.models.trends import PriorSeeds, TrendModel, summarise
 from launchpulse.models.associations import (
     DEFAULT_MIN_SUPPORT_COUNT,
     ItemAssociations,
@@ -169,6 +169,7 @@ class Worker:
         # The priors of the categories closed here, as last published: the replica may briefly hand
         # back an older record of a key this worker writes itself (see _TotalsView).
         self.category_priors: dict[bytes, dict] = {}
+        self.prior_seeds = PriorSeeds()  # a brand-new item's trend, copied from its category's prior
         # Session records and marks for the owner partitions, sent after the envelope that made them
         # (see _send_routed); their delivery futures are awaited before the next acknowledgements.
         self._routed_out: list[tuple[int, bytes]] = []
@@ -941,7 +942,7 @@ class Worker:
             return
         prior = self.totals.get(CATEGORY_PRIOR_PREFIX + st.category_id.encode())
         if prior is not None:
-            st.trend = TrendModel.from_prior([prior["trend"]], scale=prior["scale"])
+            st.trend = self.prior_seeds.model(prior["trend"], prior["scale"])
 
     def _seed_new_item(self, st: ItemState) -> None:
         """Before an item's first window closes: its trend starts from its category's as of the window
@@ -956,7 +957,7 @@ class Worker:
             if doc is not None:
                 prior = doc.get("by_window", {}).get(str(first - self.cfg.size_ms))
         if prior is not None:
-            st.trend = TrendModel.from_prior([prior["trend"]], scale=prior["scale"])
+            st.trend = self.prior_seeds.model(prior["trend"], prior["scale"])
         elif st.trend.seeded:
             st.trend = TrendModel()
 

@@ -9,6 +9,7 @@ import math
 import random
 import sys
 
+import orjson
 import pytest
 
 from launchpulse.models import propensity, trends
@@ -197,6 +198,31 @@ def test_from_prior_is_provisional_and_scaled():
     # provisional model round-trips too
     st = TrendModel.from_prior(priors).to_state()
     assert TrendModel.from_state(json.loads(json.dumps(st))).forecast() == TrendModel.from_state(st).forecast()
+
+
+@pytest.mark.parametrize("m", [0, 7])
+def test_copies_of_a_seed_learn_as_fresh_builds_and_apart(m):
+    """PriorSeeds hands out copies of one model built from a prior: each copy must learn exactly as a
+    model built afresh from that prior, and what one copy learns must not reach the seed or another
+    copy (its candidates, seasonals, buffer and forecast cache are its own)."""
+    from launchpulse.models.trends import PriorSeeds
+
+    prior = trained(m=m, n=40).to_state()
+    seeds = PriorSeeds()
+    rng = random.Random(m)
+    for round_ in range(3):
+        copy_, fresh = seeds.model(prior, 0.2), TrendModel.from_prior([prior], scale=0.2)
+        assert copy_.state_json() == fresh.state_json() == orjson.dumps(fresh.to_state())
+        copy_.forecast(5)  # fill the forecast cache before learning
+        for _ in range(12 + round_):
+            y = rng.uniform(0.0, 20.0)
+            copy_.learn_one(y)
+            fresh.learn_one(y)
+            assert copy_.to_state() == fresh.to_state() and copy_.forecast(4) == fresh.forecast(4)
+        assert copy_.state_json() == fresh.state_json()
+    # another prior document (even an equal one) is another seed
+    assert seeds.model(dict(prior), 0.2).to_state() == TrendModel.from_prior([prior], scale=0.2).to_state()
+    assert seeds.model(prior, 0.3).to_state() == TrendModel.from_prior([prior], scale=0.3).to_state()
 
 
 def test_from_prior_with_only_untrained_priors_is_honest():
