@@ -135,13 +135,62 @@ class CategoryState:
         Catalog records are never late: the launch calendar is valid whenever it arrives (a launch
         in a closed window is not counted in that window's ``launches``, but its item is new after it).
         """
-        ts = rec["t"]
         kind = rec["k"]
-        start = ts - ts % cfg.size_ms  # cfg.start_of, inlined (once per record)
-        rid = rec["id"]
         if kind == "g":
             self._catalog(rec)
             return ACCEPTED
+        ts = rec["t"]
+        start = ts - ts % cfg.size_ms  # cfg.start_of, inlined (once per record)
+        win = self._admit(rec["id"], ts, start)
+        if type(win) is str:
+            return win
+        if kind == "c":
+            j = _CLICK.get(rec.get("e"))
+            item = rec.get("i")
+            if j is not None and item is not None:
+                self._add(win, start, item, j, 1.0)
+        elif kind == "o":
+            for line in rec["L"]:  # [item, quantity, revenue]
+                self._add(win, start, line[0], 0, float(line[1]))
+                if len(line) > 2 and line[2]:
+                    self._add(win, start, line[0], 3, float(line[2]))
+        return ACCEPTED
+
+    def apply_clicks(self, rec: Mapping, cfg: WindowConfig, late_before: int | None = None) -> bool:
+        """Apply a record of :func:`~.routing.fold_category_clicks` (clicks in columns), each click as
+        :meth:`apply` applies its own record, and those older than ``late_before`` refused as late,
+        as the worker refuses any record older than its partitions' watermark less the grace.
+        True when any click was not late (its owner writes the state again, duplicates included).
+
+        >>> cfg = WindowConfig(size_ms=1_000, grace_ms=0)
+        >>> a, b = CategoryState("c1"), CategoryState("c1")
+        >>> recs = [{"k": "c", "id": f"e{n}", "t": t, "i": i, "e": e, "n": 0}
+        ...         for n, (t, i, e) in enumerate([(100, "x", "view"), (200, "y", "add_to_cart"), (1500, "x", "view")])]
+        >>> [a.apply(r, cfg) for r in recs + recs[:1]]
+        ['accepted', 'accepted', 'accepted', 'duplicate']
+        >>> b.apply_clicks({"k": "C", "id": ["e0", "e1", "e2", "e0"], "t": [100, 200, 1500, 100],
+        ...                 "i": ["x", "y", "x", "x"], "e": ["view", "add_to_cart", "view", "view"], "n": 0}, cfg)
+        True
+        >>> a.to_state() == b.to_state()
+        True
+        """
+        size, admit, click = cfg.size_ms, self._admit, _CLICK
+        fresh = False
+        for rid, ts, item, e in zip(rec["id"], rec["t"], rec["i"], rec["e"]):
+            if late_before is not None and ts < late_before:
+                continue
+            fresh = True
+            start = ts - ts % size
+            win = admit(rid, ts, start)
+            if type(win) is not str:
+                j = click.get(e)
+                if j is not None and item is not None:
+                    self._add(win, start, item, j, 1.0)
+        return fresh
+
+    def _admit(self, rid: str, ts: int, start: int) -> dict | str:
+        """The open window a new record counts in, its id remembered; or LATE (its window has closed)
+        or DUPLICATE (its id was seen)."""
         closed = self.closed_through
         if closed is not None and start <= closed:
             return LATE
@@ -156,17 +205,7 @@ class CategoryState:
         win = windows.get(start)
         if win is None:
             win = windows[start] = {}
-        if kind == "c":
-            j = _CLICK.get(rec.get("e"))
-            item = rec.get("i")
-            if j is not None and item is not None:
-                self._add(win, start, item, j, 1.0)
-        elif kind == "o":
-            for line in rec["L"]:  # [item, quantity, revenue]
-                self._add(win, start, line[0], 0, float(line[1]))
-                if len(line) > 2 and line[2]:
-                    self._add(win, start, line[0], 3, float(line[2]))
-        return ACCEPTED
+        return win
 
     def _add(self, win: dict, start: int, item: str, j: int, x: float) -> None:
         row = win.get(item)

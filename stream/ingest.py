@@ -20,7 +20,7 @@ from collections import defaultdict
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from launchpulse.models.routing import Partitioner, route_event_extended
+from launchpulse.models.routing import Partitioner, fold_category_clicks, route_event_extended
 from launchpulse.models.windows import WindowConfig
 from launchpulse.schemas.validate import Pseudonymiser, dead_letter_record, parse_message
 
@@ -359,6 +359,7 @@ def pack_envelopes(src: str, recs: list, step: int, report: dict | None = None, 
     when there are none), the last carrying the watermark report: only the batch's last envelope
     moves time, since the owner closes windows when it hears it and the records of the earlier
     envelopes must land first."""
+    recs = fold_category_clicks(recs)
     starts = range(0, max(len(recs), 1), step)
     out = []
     for i in starts:

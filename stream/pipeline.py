@@ -690,6 +690,13 @@ class Worker:
                     dirty.add(key)
                     dirty_totals.add(key)
                 continue
+            if rk == "C":  # a category's clicks in columns (routing.fold_category_clicks); no metric counts them
+                if st.apply_clicks(rec, cfg, late_before):
+                    dirty.add(key)
+                    if deleted:
+                        deleted.discard(key)
+                    meta.categories.add(key)
+                continue
             # Late: older than every input partition's progress allows (the ingest stage cannot
             # judge it, it sees only its own partitions), or its window already closed for the key.
             if rec["t"] < late_before and rk != "g":  # catalog records count in no window

@@ -247,3 +247,38 @@ def test_category_revenue_and_series_trends_and_state_upgrade():
     old = dict(d, version=3, history=[h[:11] for h in d["history"]])
     assert [w.revenue for w in CategoryState.from_state(old).closed(CFG)] == [0.0] * len(d["history"])
 
+
+
+_click_recs = st.lists(st.tuples(st.integers(0, 40), st.integers(0, 6_000), st.sampled_from(["a", "b", "c", None]),
+                                 st.sampled_from(["view", "add_to_cart", "remove_from_cart", "wishlist"])),
+                       max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_click_recs, st.integers(-1_000, 5_000), st.booleans()), min_size=1, max_size=6))
+def test_folded_clicks_count_as_their_records(batches):
+    """The ingest folds a category's clicks of a batch into one record of columns
+    (routing.fold_category_clicks) and its owner applies it with CategoryState.apply_clicks: the state
+    must be that of the records applied one by one as the worker applies them (older than its late
+    bound: refused; else CategoryState.apply), repeats, late clicks, closed windows and all; and the
+    owner must write the state again exactly when some record was not refused as late."""
+    from launchpulse.models.routing import CATEGORY_KEY_PREFIX, fold_category_clicks
+
+    one_by_one, folded = CategoryState("c1"), CategoryState("c1")
+    key = CATEGORY_KEY_PREFIX + "c1"
+    for clicks, late_before, close in batches:
+        recs = [{"k": "c", "id": f"e{n}", "t": t, "i": i, "e": e, "n": 0, "K": key} for n, t, i, e in clicks]
+        others = [{"k": "c", "id": "x", "t": 1, "i": "a", "e": "view", "n": 1}]  # an item's record: not folded
+        packed = fold_category_clicks(others + recs)
+        assert packed[0] is others[0] and len(packed) == 1 + bool(recs)
+        fresh = False
+        for rec in recs:
+            if rec["t"] >= late_before:
+                fresh = True
+                one_by_one.apply(rec, CFG)
+        if recs:
+            assert folded.apply_clicks(packed[1], CFG, late_before) is fresh
+        assert orjson.dumps(folded.to_state()) == orjson.dumps(one_by_one.to_state())
+        if close:
+            wm = max([0] + [t for _, t, _, _ in clicks])
+            assert one_by_one.close_windows(CFG, wm) == folded.close_windows(CFG, wm)
