@@ -1040,9 +1040,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rates", default=None, help="offered loads as RATE:SECONDS,... (default 2000:60,20000:30)")
     ap.add_argument("--profile-seconds", type=int, default=None)
     ap.add_argument("--skip-throughput", action="store_true", help="skip steps 2-3 (bare consumer, single/packed runs)")
-    ap.add_argument("--live-clicks", type=int, default=200_000,
+    ap.add_argument("--live-clicks", type=int, default=600_000,
                     help="step 3b: this many synthetic live clicks, single-event messages in one daily window, "
-                         "through bare and pipeline (default 200,000; 0 skips)")
+                         "through bare and pipeline (default 600,000: the worker flushes several times meanwhile; "
+                         "a run shorter than its flush interval would leave the flush's cost out; 0 skips)")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--live-rates", default="20000:60",
                     help="step 4b, a live feed's latency: offered loads as RATE:SECONDS,... of live_feed events "
