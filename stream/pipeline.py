@@ -1038,11 +1038,7 @@ class Worker:
             totals.add(summary)
             ordered += y
             for item, rec in summary.item_records(round(p, 6)):
-                recs = out.get(part := owner(item))
-                if recs is None:
-                    out[part] = [rec]
-                else:
-                    recs.append(rec)
+                out.setdefault(owner(item), []).append(rec)
         if summaries:  # counted once per step, not per session
             closed = self.metrics.sessions_closed
             closed.labels("ordered").inc(ordered)
