@@ -3,7 +3,7 @@
     python bench/replay_stage_bench.py [--events N] [--profile FILE]
 
 The replay's events (``stream.datasets.instacart_events``, 388 days of event time) are routed
-(``ingest.route_events``) into envelopes of the ingest stage's batch size in event-time order, each
+(``routing.RoutedBatch``) into envelopes of the ingest stage's batch size in event-time order, each
 batch's last envelope per owner partition carrying the watermark report, as ingest sends them;
 the worker's own code then applies each envelope (``Worker._apply_envelope``), closes the windows
 the watermark passed and decides on them (``Worker._close_ready``), flushes its dirty states every
@@ -23,7 +23,7 @@ import hashlib
 import os
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -66,11 +66,11 @@ async def no_delivery(prev, state_records=(), meta_records=(), *a, **k) -> None:
 
 
 async def replay(args) -> dict:
-    from launchpulse.models.routing import Partitioner
+    from launchpulse.models.routing import Partitioner, RoutedBatch
     from launchpulse.schemas.validate import Pseudonymiser, parse_message
     from launchpulse.stream.cli import _load_scorer
     from launchpulse.stream.datasets import instacart_events
-    from launchpulse.stream.ingest import pack_envelopes, route_events
+    from launchpulse.stream.ingest import pack_envelopes
     from launchpulse.stream.pipeline import Worker
     from launchpulse.stream.settings import Settings, tune_gc
 
@@ -89,20 +89,20 @@ async def replay(args) -> dict:
     # partition (the last of a partition's envelopes carrying the report of where input stands).
     pseudonymise, owner = Pseudonymiser(s.pseudonym_key), Partitioner(s.state_partitions)
     envelopes: list[tuple[int, bytes]] = []
-    routed: dict[int, list] = defaultdict(list)
+    routed = RoutedBatch(owner, s.envelope_max_records)
     read_max = 0
     t0 = time.perf_counter()
     for offset, (topic, kind, raw) in enumerate(msgs):
         parsed = parse_message(raw, kind, pseudonymise)
         for ev in parsed.events:
             read_max = max(read_max, ev.ts_ms)
-        route_events(parsed.events, [topic, 0, offset], owner, routed)
+        routed.add(parsed.events, [topic, 0, offset])
         if (offset + 1) % s.ingest_max_records == 0 or offset == len(msgs) - 1:
             report = {"input:0": [read_max, False, time.time()]}
             for part in range(s.state_partitions):
                 envelopes += [(part, env) for env in
-                              pack_envelopes("bench", routed.get(part, []), s.envelope_max_records, report, 1)]
-            routed = defaultdict(list)
+                              pack_envelopes("bench", routed.parts.get(part, []), s.envelope_max_records, report, 1)]
+            routed = RoutedBatch(owner, s.envelope_max_records)
     t_ingest = time.perf_counter() - t0
 
     # State, closing, flush and scoring, as the agent, the flush timer and the scorer task run them.

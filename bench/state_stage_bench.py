@@ -3,7 +3,7 @@
     python bench/state_stage_bench.py [--clicks 200000] [--profile] [--close]
 
 The live clickstream of ``pipeline_bench.live_clicks`` (single events, one daily window) is
-parsed, validated, pseudonymised, routed (``ingest.route_events``) and packed into envelopes as the
+parsed, validated, pseudonymised, routed (``routing.RoutedBatch``) and packed into envelopes as the
 ingest stage does (without the consumer and producer), then applied by the worker's own
 ``Worker._apply_envelope`` (the state stage, without Faust's consumer, the changelog producer or
 the flush's delivery), with the worker's flush (without its delivery to the changelogs) every ``--flush-every`` envelopes.
@@ -19,7 +19,6 @@ import os
 import pstats
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import orjson
@@ -66,21 +65,21 @@ def main() -> int:
 
 def one_day(args, s, worker, msgs: list, day: int) -> None:
     """One day's clicks through ingest and the state stage (and its boundary, with --close)."""
-    from launchpulse.models.routing import Partitioner
+    from launchpulse.models.routing import Partitioner, RoutedBatch
     from launchpulse.schemas.validate import Pseudonymiser, parse_message
-    from launchpulse.stream.ingest import pack_envelopes, route_events
+    from launchpulse.stream.ingest import pack_envelopes
 
     # Ingest: Ingest.process's loop, batches of ingest_max_records messages.
     pseudonymise, owner = Pseudonymiser(s.pseudonym_key), Partitioner(s.state_partitions)
     envelopes: list[tuple[int, bytes]] = []
-    routed: dict[int, list] = defaultdict(list)
+    routed = RoutedBatch(owner, s.envelope_max_records)
     t0 = time.perf_counter()
     for offset, raw in enumerate(msgs):
-        route_events(parse_message(raw, "clickstream", pseudonymise).events, ["clickstream", 0, offset], owner, routed)
+        routed.add(parse_message(raw, "clickstream", pseudonymise).events, ["clickstream", 0, offset])
         if (offset + 1) % s.ingest_max_records == 0 or offset == len(msgs) - 1:
-            for part, recs in routed.items():
+            for part, recs in routed.parts.items():
                 envelopes += [(part, env) for env in pack_envelopes("bench", recs, s.envelope_max_records)]
-            routed = defaultdict(list)
+            routed = RoutedBatch(owner, s.envelope_max_records)
     t_ingest = time.perf_counter() - t0
 
     # State: the worker's envelope application; its flush (without the delivery) every --flush-every envelopes.

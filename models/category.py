@@ -157,7 +157,7 @@ class CategoryState:
         return ACCEPTED
 
     def apply_clicks(self, rec: Mapping, cfg: WindowConfig, late_before: int | None = None) -> bool:
-        """Apply a record of :func:`~.routing.fold_category_clicks` (clicks in columns), each click as
+        """Apply a record of :func:`~.routing.fold_clicks` (kind ``C``, clicks in columns), each click as
         :meth:`apply` applies its own record, and those older than ``late_before`` refused as late,
         as the worker refuses any record older than its partitions' watermark less the grace.
         True when any click was not late (its owner writes the state again, duplicates included).

@@ -103,32 +103,33 @@ class SessionState:
     dropped_events: int = 0  # events not counted because of max_events
 
     def apply(self, rec: Mapping, cfg: SessionConfig) -> str:
-        rid = rec["id"]
+        return self.apply_click(rec["id"], rec["t"], rec.get("e"), rec.get("i"), rec.get("p"), cfg)
+
+    def apply_click(self, rid: str, ts: int, event: str | None, item: str | None, price: float | None,
+                    cfg: SessionConfig) -> str:
+        """One click of the session, by its fields (see :meth:`UserSessions.apply_click`)."""
         seen = self.seen
         if rid in seen:
             return DUPLICATE
         if len(seen) >= cfg.max_events:
             self.dropped_events += 1
             return ACCEPTED  # accepted by the pipeline, not stored: the session is a bot's
-        ts = rec["t"]
         seen[rid] = ts
         first, last = self.first_ts, self.last_ts
         if first is None or ts < first:
             self.first_ts = ts
         if last is None or ts > last:
             self.last_ts = ts
-        name = _COUNTER.get(rec.get("e"))
+        name = _COUNTER.get(event)
         if name is None:
             return ACCEPTED
         counts = self.counts
         counts[name] = counts.get(name, 0) + 1
         if name == "views" or name == "carts":
-            item = rec.get("i")
             if item is not None:
                 self._touch(self.viewed if name == "views" else self.carted, item, cfg)
-            p = rec.get("p")
-            if p is not None:
-                self.price_sum += float(p)
+            if price is not None:
+                self.price_sum += float(price)
                 self.price_n += 1
         return ACCEPTED
 
@@ -270,15 +271,30 @@ class UserSessions:
             if len(self.orders) > cfg.max_orders:
                 del self.orders[min(self.orders, key=lambda k: (self.orders[k], k))]
             return ACCEPTED
-        key = rec["s"]
-        st = self.sessions.get(key)
+        return self.apply_click(rec["id"], ts, rec["s"], rec.get("e"), rec.get("i"), rec.get("p"), cfg)
+
+    def apply_click(self, rid: str, ts: int, session: str, event: str | None, item: str | None,
+                    price: float | None, cfg: SessionConfig) -> str:
+        """Apply one click of this user's by its fields (as the worker reads them from a block of clicks
+        in columns, see routing.fold_clicks); the same as :meth:`apply` of its record.
+
+        >>> cfg = SessionConfig()
+        >>> a, b = UserSessions("user:u"), UserSessions("user:u")
+        >>> a.apply({"k": "c", "id": "e1", "t": 1000, "i": "x", "e": "view", "p": 2.0, "s": "s1", "n": 0}, cfg)
+        'accepted'
+        >>> b.apply_click("e1", 1000, "s1", "view", "x", 2.0, cfg), b.apply_click("e1", 1000, "s1", "view", "x", 2.0, cfg)
+        ('accepted', 'duplicate')
+        >>> a.to_state() == b.to_state()
+        True
+        """
+        st = self.sessions.get(session)
         if st is None:
             # An event of a session already closed is older than the watermark allows (the session closed
             # once the watermark passed its end + grace): refused here as upstream, never reopened.
             if self.watermark is not None and ts < self.watermark - cfg.grace_ms:
                 return LATE
-            st = self.sessions[key] = SessionState(key)
-        return st.apply(rec, cfg)
+            st = self.sessions[session] = SessionState(session)
+        return st.apply_click(rid, ts, event, item, price, cfg)
 
     def next_close_ms(self, cfg: SessionConfig) -> int | None:
         """The watermark at which the next open session closes (None: none open)."""

@@ -15,12 +15,11 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import defaultdict
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from launchpulse.models.routing import Partitioner, fold_category_clicks, route_event_extended
+from launchpulse.models.routing import Partitioner, RoutedBatch, fold_clicks
 from launchpulse.models.windows import WindowConfig
 from launchpulse.schemas.validate import Pseudonymiser, dead_letter_record, parse_message
 
@@ -287,12 +286,11 @@ class Ingest:
     async def process(self, batches: dict) -> None:
         t0 = time.perf_counter()
         s, m = self.s, self.m
-        routed: dict[int, list] = defaultdict(list)
+        routed = RoutedBatch(self._partition_of, s.envelope_max_records)
         dead: list[dict] = []
         offsets: dict[TopicPartition, int] = {}
         now_ms = int(time.time() * 1000)
         part_max = self.partition_max
-        parts_of = self._partition_of
         if any(batches.values()):
             t = time.monotonic()
             if t - self._last_message_at >= IDLE_PARTITION_S:
@@ -312,10 +310,10 @@ class Ingest:
                     # this stage sees only the partitions assigned to it.
                     if ev.ts_ms > part_max.get(tp, 0):
                         part_max[tp] = ev.ts_ms
-                route_events(parsed.events, [topic, tp.partition, msg.offset], parts_of, routed)
+                routed.add(parsed.events, [topic, tp.partition, msg.offset])
             offsets[tp] = msgs[-1].offset + 1
         self._positions.update(offsets)  # as if committed, to stamp the watermark this batch reaches
-        futures = await self.send_envelopes(routed)
+        futures = await self.send_envelopes(routed.parts)
         for rec in dead:
             m.dead_letters.labels(rec["code"]).inc()
             m.events.labels(rec["topic"], "rejected").inc()
@@ -358,30 +356,24 @@ def pack_envelopes(src: str, recs: list, step: int, report: dict | None = None, 
     """One owner partition's routed records as envelopes of at most ``step`` records (one, empty,
     when there are none), the last carrying the watermark report: only the batch's last envelope
     moves time, since the owner closes windows when it hears it and the records of the earlier
-    envelopes must land first."""
-    recs = fold_category_clicks(recs)
-    starts = range(0, max(len(recs), 1), step)
+    envelopes must land first. Clicks travel folded into blocks of columns (routing.fold_clicks),
+    a block counting as the records it holds."""
+    recs = fold_clicks(recs, step)
+    groups: list[list] = [[]]
+    weight = 0
+    for rec in recs:
+        ids = rec["id"]
+        n = len(ids) if type(ids) is list else 1
+        if weight + n > step and groups[-1]:
+            groups.append([])
+            weight = 0
+        groups[-1].append(rec)
+        weight += n
     out = []
-    for i in starts:
-        env = {"src": src, "at": time.time(), "r": recs[i:i + step]}
-        if report is not None and i == starts[-1]:
+    for i, group in enumerate(groups):
+        env = {"src": src, "at": time.time(), "r": group}
+        if report is not None and i == len(groups) - 1:
             env["pw"] = report
             env["np"] = n_parts
         out.append(orjson.dumps(env))
     return out
-
-
-def route_events(events, src: list, owner, routed: dict) -> None:
-    """Append the routed records of one message's events to ``routed[owner(key)]`` (a defaultdict(list)).
-
-    The record that counts an event carries its origin ``src`` (topic, partition, offset): only it
-    is read, for the metrics and a late event's dead letter. A record whose owner's key is not its
-    item carries that key.
-    """
-    for ev in events:
-        for key, rec in route_event_extended(ev):
-            if rec["n"]:
-                rec["o"] = src
-            if key != rec.get("i"):
-                rec["K"] = key
-            routed[owner(key)].append(rec)

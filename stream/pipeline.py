@@ -34,7 +34,7 @@ from launchpulse.models.decisions import (
     neighbourhood_evidence,
 )
 from launchpulse.models.itemstate import SERIES as ITEM_SERIES
-from launchpulse.models.itemstate import ACCEPTED, LATE, ClosedWindow, ItemState, dormancy_check_window
+from launchpulse.models.itemstate import ACCEPTED, DUPLICATE, LATE, ClosedWindow, ItemState, dormancy_check_window
 from launchpulse.models.propensity import ProgressiveScore
 from launchpulse.models.routing import CATEGORY_KEY_PREFIX, USER_KEY_PREFIX
 from launchpulse.models.sessions import SessionConfig, UserSessions
@@ -674,7 +674,17 @@ class Worker:
         # which would otherwise hash every new key again (users come and go).
         remember_partition = self._partition.remember
         due_push = meta.due.push
+        n_records = len(recs)
         for rec in recs:
+            rk = rec["k"]
+            if rk == "I":
+                self._apply_item_clicks(rec, partition, late_before, counted, pending_sets, meta)
+                n_records += len(rec["id"]) - 1
+                continue
+            if rk == "U":
+                self._apply_user_clicks(rec, partition, late_before, meta)
+                n_records += len(rec["id"]) - 1
+                continue
             key = rec.get("K")
             if key is None:
                 key = rec["i"]
@@ -683,19 +693,19 @@ class Worker:
                 st = state_of(key)
                 remember_partition(key, partition)
             kind = type(st)
-            rk = rec["k"]
             if rk == "s":
                 # A closed session, from its user's owner: never late (it carries the close time).
                 if st.apply_session(rec, cfg):
                     dirty.add(key)
                     dirty_totals.add(key)
                 continue
-            if rk == "C":  # a category's clicks in columns (routing.fold_category_clicks); no metric counts them
+            if rk == "C":  # a category's clicks in columns (routing.fold_clicks); no metric counts them
                 if st.apply_clicks(rec, cfg, late_before):
                     dirty.add(key)
                     if deleted:
                         deleted.discard(key)
                     meta.categories.add(key)
+                n_records += len(rec["id"]) - 1
                 continue
             # Late: older than every input partition's progress allows (the ingest stage cannot
             # judge it, it sees only its own partitions), or its window already closed for the key.
@@ -737,14 +747,7 @@ class Worker:
                 elif kind is CategoryState:
                     meta.categories.add(key)
             elif rec["n"]:
-                topic = rec["o"][0]
-                m.late_events.labels(topic).inc()
-                m.dead_letters.labels("late_event").inc()
-                self.dead_topic.send_soon(value=orjson.dumps(dead_letter_record(
-                    topic, rec["o"][1], rec["o"][2], Rejection(None, "late_event",
-                    f"event time is more than the {cfg.grace_ms / 1000:.0f} s grace period behind the watermark "
-                    "of the input partitions, or its window had already closed for this item", orjson.dumps(rec)),
-                    None, int(time.time() * 1000))))
+                self._dead_late(rec)
         for (topic, outcome), n in counted.items():
             m.events.labels(topic, outcome).inc(n)
         if "pw" in env:
@@ -755,8 +758,93 @@ class Worker:
             self._close_sessions(meta, consumed_at)
         self._consumed_at = consumed_at  # when ingest read the input behind the windows this may close
         self.envelopes_processed += 1
-        self.records_processed += len(recs)
+        self.records_processed += n_records
         m.stage.labels("state").observe(time.perf_counter() - t0)
+
+    def _apply_item_clicks(self, block: dict, partition: int, late_before: int, counted: dict, pending_sets: dict,
+                           meta: PartitionMeta) -> None:
+        """Apply a block of item clicks (routing.fold_clicks, kind ``I``): each click as the loop of
+        :meth:`_apply_envelope` applies its record, without a dict per click."""
+        cfg = self.cfg
+        size_ms = cfg.size_ms
+        cache, state_of, remember_partition = self.cache, self._state, self._partition.remember
+        dirty, deleted, cold_start = self.dirty_items, self.deleted, self._cold_start
+        n_accepted = n_duplicate = 0
+        late = []
+        for j, (key, rid, ts, category, event, price) in enumerate(zip(block["i"], block["id"], block["t"],
+                                                                        block["c"], block["e"], block["p"])):
+            st = cache.get(key)
+            if st is None:
+                st = state_of(key)
+                remember_partition(key, partition)
+            if ts < late_before:
+                late.append(j)
+                continue
+            if st.first_seen is None:
+                outcome = st.apply_click(rid, ts, event, price, category, cfg)
+                cold_start(st)
+            else:
+                outcome = st.apply_click(rid, ts, event, price, category, cfg)
+            if outcome == ACCEPTED:
+                n_accepted += 1
+            elif outcome == LATE:
+                late.append(j)
+                continue
+            else:
+                n_duplicate += 1
+            # Also on a duplicate (see _apply_envelope).
+            dirty.add(key)
+            if deleted:
+                deleted.discard(key)
+            start = ts - ts % size_ms
+            sets = pending_sets.get(start)
+            if sets is None:
+                pending = meta.pending
+                sets = pending_sets[start] = (pending.setdefault(start, set()),
+                                              pending.setdefault(dormancy_check_window(start, cfg), set()))
+            sets[0].add(key)
+            sets[1].add(key)
+        topic = block["ot"]
+        for outcome, n in ((ACCEPTED, n_accepted), (DUPLICATE, n_duplicate), ("rejected", len(late))):
+            if n:
+                counted[(topic, outcome)] = counted.get((topic, outcome), 0) + n
+        for j in late:
+            self._dead_late({"k": "c", "id": block["id"][j], "t": block["t"][j], "i": block["i"][j],
+                             "c": block["c"][j], "e": block["e"][j], "p": block["p"][j], "n": 1,
+                             "o": [topic, block["op"][j], block["oo"][j]]})
+
+    def _apply_user_clicks(self, block: dict, partition: int, late_before: int, meta: PartitionMeta) -> None:
+        """Apply a block of clicks for their users' sessions (routing.fold_clicks, kind ``U``): each as
+        the loop of :meth:`_apply_envelope` applies its record (none counts its event)."""
+        session_cfg = self.session_cfg
+        cache, state_of, remember_partition = self.cache, self._state, self._partition.remember
+        dirty, deleted, due_push = self.dirty_items, self.deleted, meta.due.push
+        for key, rid, ts, item, event, price, session in zip(block["K"], block["id"], block["t"], block["i"],
+                                                             block["e"], block["p"], block["s"]):
+            st = cache.get(key)
+            if st is None:
+                st = state_of(key)
+                remember_partition(key, partition)
+            if ts < late_before:
+                continue
+            outcome = st.apply_click(rid, ts, session, event, item, price, session_cfg)
+            due_push(key, st.next_due_ms(session_cfg))
+            if outcome != LATE:
+                dirty.add(key)
+                if deleted:
+                    deleted.discard(key)
+
+    def _dead_late(self, rec: dict) -> None:
+        """A late event's dead letter, from the routed record that counts it."""
+        topic = rec["o"][0]
+        m = self.metrics
+        m.late_events.labels(topic).inc()
+        m.dead_letters.labels("late_event").inc()
+        self.dead_topic.send_soon(value=orjson.dumps(dead_letter_record(
+            topic, rec["o"][1], rec["o"][2], Rejection(None, "late_event",
+            f"event time is more than the {self.cfg.grace_ms / 1000:.0f} s grace period behind the watermark "
+            "of the input partitions, or its window had already closed for this item", orjson.dumps(rec)),
+            None, int(time.time() * 1000))))
 
     def _closing_watermark(self) -> int | None:
         """The least watermark of the owned routed partitions (None: none owned): windows close by it."""

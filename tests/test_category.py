@@ -258,18 +258,18 @@ _click_recs = st.lists(st.tuples(st.integers(0, 40), st.integers(0, 6_000), st.s
 @given(st.lists(st.tuples(_click_recs, st.integers(-1_000, 5_000), st.booleans()), min_size=1, max_size=6))
 def test_folded_clicks_count_as_their_records(batches):
     """The ingest folds a category's clicks of a batch into one record of columns
-    (routing.fold_category_clicks) and its owner applies it with CategoryState.apply_clicks: the state
+    (routing.fold_clicks) and its owner applies it with CategoryState.apply_clicks: the state
     must be that of the records applied one by one as the worker applies them (older than its late
     bound: refused; else CategoryState.apply), repeats, late clicks, closed windows and all; and the
     owner must write the state again exactly when some record was not refused as late."""
-    from launchpulse.models.routing import CATEGORY_KEY_PREFIX, fold_category_clicks
+    from launchpulse.models.routing import CATEGORY_KEY_PREFIX, fold_clicks
 
     one_by_one, folded = CategoryState("c1"), CategoryState("c1")
     key = CATEGORY_KEY_PREFIX + "c1"
     for clicks, late_before, close in batches:
         recs = [{"k": "c", "id": f"e{n}", "t": t, "i": i, "e": e, "n": 0, "K": key} for n, t, i, e in clicks]
-        others = [{"k": "c", "id": "x", "t": 1, "i": "a", "e": "view", "n": 1}]  # an item's record: not folded
-        packed = fold_category_clicks(others + recs)
+        others = [{"k": "o", "id": "x", "t": 1, "i": "a", "q": 1, "n": 1}]  # an item's order: not folded
+        packed = fold_clicks(others + recs)
         assert packed[0] is others[0] and len(packed) == 1 + bool(recs)
         fresh = False
         for rec in recs:
