@@ -674,6 +674,8 @@ class Worker:
         # which would otherwise hash every new key again (users come and go).
         remember_partition = self._partition.remember
         due_push = meta.due.push
+        # Routed records, an item or user block counting the clicks it holds, a category block one
+        # (as since categories were folded: the flush cadence, FLUSH_MAX_RECORDS, stays the same).
         n_records = len(recs)
         for rec in recs:
             rk = rec["k"]
@@ -705,7 +707,6 @@ class Worker:
                     if deleted:
                         deleted.discard(key)
                     meta.categories.add(key)
-                n_records += len(rec["id"]) - 1
                 continue
             # Late: older than every input partition's progress allows (the ingest stage cannot
             # judge it, it sees only its own partitions), or its window already closed for the key.
