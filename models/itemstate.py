@@ -24,7 +24,8 @@ STATE_VERSION = 8  # 4: expected conversions since the previous scored window; 5
 #                    8: the dedupe ids may be kept apart (to_state(ids=False), models.dedupe)
 
 RECORD_FIELDS = {
-    "k": "kind: 'c' clickstream, 'o' order line, 'g' catalog",
+    "k": "kind: 'c' clickstream, 'o' order line, 'g' catalog (blocks of clicks in columns: 'I', 'U', 'C', see "
+         "routing.fold_clicks)",
     "id": "deduplication id (event_id, order_id, or item_id@ts for catalog)",
     "t": "event time, epoch ms",
     "i": "item_id (None for a search event)",

@@ -167,6 +167,9 @@ CATEGORY_KEY_PREFIX = "category:"
 EXTRA_RECORD_FIELDS = {
     "s": "session pseudonym (clickstream records for the session's user; the user is the record's key)",
     "L": "order lines of one order for this key: [[item_id, quantity], ...] sorted by item_id",
+    "K": "the owner's key, where it is not the item (a list of them in a user block)",
+    "ot": "the topic the clicks of an item block came from", "op": "their input partitions (item block)",
+    "oo": "their input offsets (item block)",
 }
 
 
