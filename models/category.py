@@ -56,7 +56,7 @@ import orjson
 
 from .decisions import CategoryEvidence, Thresholds
 from .trends import TrendModel, model_state as _model_state
-from .windows import WindowConfig
+from .windows import WindowConfig, admit
 
 STATE_VERSION = 5  # 2: views and carts trends (series); 3: top sellers; 4: revenue; 5: dedupe ids may be kept apart
 TOP_SELLERS = 5  # items with the most units in the latest closed window with sales (cold-start partners)
@@ -191,16 +191,9 @@ class CategoryState:
     def _admit(self, rid: str, ts: int, start: int) -> dict | str:
         """The open window a new record counts in, its id remembered; or LATE (its window has closed)
         or DUPLICATE (its id was seen)."""
-        closed = self.closed_through
-        if closed is not None and start <= closed:
-            return LATE
-        seen = self.seen
-        if rid in seen:
-            return DUPLICATE
-        seen[rid] = ts
-        first = self.first_seen
-        if first is None or ts < first:
-            self.first_seen = ts
+        refused = admit(self, rid, ts, start)
+        if refused is not None:
+            return refused
         windows = self.windows
         win = windows.get(start)
         if win is None:

@@ -17,7 +17,7 @@ import orjson
 from .associations import ItemAssociations
 from .sessions import learn_session_record
 from .trends import TrendModel, model_state as _model_state
-from .windows import WindowConfig
+from .windows import WindowConfig, admit
 
 STATE_VERSION = 8  # 4: expected conversions since the previous scored window; 5: primary orders per window;
 #                    6: trends of the views, carts and revenue series; 7: closed sessions per window of their close;
@@ -206,16 +206,9 @@ class ItemState:
         """The counters of the open window a new click or order counts in, its id remembered and the
         item's category and price taken from it; or LATE (its window has closed for this item) or
         DUPLICATE (its id was seen)."""
-        closed = self.closed_through
-        if closed is not None and start <= closed:
-            return LATE
-        seen = self.seen
-        if rid in seen:
-            return DUPLICATE
-        seen[rid] = ts
-        first = self.first_seen
-        if first is None or ts < first:
-            self.first_seen = ts
+        refused = admit(self, rid, ts, start)
+        if refused is not None:
+            return refused
         windows = self.windows
         row = windows.get(start)
         if row is None:

@@ -39,3 +39,22 @@ class WindowConfig:
     def to_state(self) -> dict:
         return {"size_ms": self.size_ms, "grace_ms": self.grace_ms, "keep_closed": self.keep_closed,
                 "idle_windows": self.idle_windows}
+
+
+def admit(state, rid: str, ts: int, start: int) -> str | None:
+    """Admit a record (id ``rid``, event time ``ts`` in the window starting at ``start``) to an item's
+    or a category's windowed state (its ``closed_through``, ``seen`` and ``first_seen``): None, its id
+    remembered and ``first_seen`` moved back to it if earlier; or ``"late"`` (its window has closed
+    for this state) or ``"duplicate"`` (its id was seen). The caller counts it in its window.
+    """
+    closed = state.closed_through
+    if closed is not None and start <= closed:
+        return "late"
+    seen = state.seen
+    if rid in seen:
+        return "duplicate"
+    seen[rid] = ts
+    first = state.first_seen
+    if first is None or ts < first:
+        state.first_seen = ts
+    return None

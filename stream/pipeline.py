@@ -734,11 +734,7 @@ class Worker:
                     start -= start % size_ms  # cfg.start_of, inlined
                     sets = pending_sets.get(start)
                     if sets is None:
-                        # The window's pending items, and those to visit again when they would go
-                        # dormant (see ItemState.close_windows); looked up once per window and envelope.
-                        pending = meta.pending
-                        sets = pending_sets[start] = (pending.setdefault(start, set()),
-                                                      pending.setdefault(dormancy_check_window(start, cfg), set()))
+                        sets = self._window_pending(meta, start, pending_sets)
                     sets[0].add(key)
                     sets[1].add(key)
                     if rk == "o":
@@ -800,9 +796,7 @@ class Worker:
             start = ts - ts % size_ms
             sets = pending_sets.get(start)
             if sets is None:
-                pending = meta.pending
-                sets = pending_sets[start] = (pending.setdefault(start, set()),
-                                              pending.setdefault(dormancy_check_window(start, cfg), set()))
+                sets = self._window_pending(meta, start, pending_sets)
             sets[0].add(key)
             sets[1].add(key)
         topic = block["ot"]
@@ -813,6 +807,14 @@ class Worker:
             self._dead_late({"k": "c", "id": block["id"][j], "t": block["t"][j], "i": block["i"][j],
                              "c": block["c"][j], "e": block["e"][j], "p": block["p"][j], "n": 1,
                              "o": [topic, block["op"][j], block["oo"][j]]})
+
+    def _window_pending(self, meta: PartitionMeta, start: int, pending_sets: dict) -> tuple:
+        """The sets of a window's pending items and of those to visit again when they would go dormant
+        (see ItemState.close_windows), kept in ``pending_sets``: looked up once per window and envelope."""
+        pending = meta.pending
+        sets = pending_sets[start] = (pending.setdefault(start, set()),
+                                      pending.setdefault(dormancy_check_window(start, self.cfg), set()))
+        return sets
 
     def _apply_user_clicks(self, block: dict, partition: int, late_before: int, meta: PartitionMeta) -> None:
         """Apply a block of clicks for their users' sessions (routing.fold_clicks, kind ``U``): each as
