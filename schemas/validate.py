@@ -124,6 +124,20 @@ def _has_control(s: str) -> bool:
     return False
 
 
+# An item id is the item's key in the worker's state and replica tables, beside the pipeline's own
+# keys: users' and categories' states ("user:", "category:"), sessionless searches ("session:") and
+# its bookkeeping ("#..."). An item id beginning like one would be read as that other kind of state.
+RESERVED_ITEM_PREFIXES = ("user:", "category:", "session:", "#")
+
+
+def _item_ident(obj: dict, field: str = "item_id", required: bool = True) -> str | None:
+    v = _ident(obj, field, required)
+    if v is not None and v.startswith(RESERVED_ITEM_PREFIXES):
+        raise Invalid("invalid_value", f"{field} must not begin with {', '.join(map(repr, RESERVED_ITEM_PREFIXES))}: "
+                                       "those keys are the pipeline's own")
+    return v
+
+
 def _ident(obj: dict, field: str, required: bool = True) -> str | None:
     v = obj.get(field)
     if v is None:
@@ -311,7 +325,7 @@ def validate_click(obj, pseudonymise: Callable[[str], str]) -> ClickEvent:
                 and 0 < len(event_id) <= MAX_ID_LEN and 0 < len(user_id) <= MAX_ID_LEN
                 and 0 < len(session_id) <= MAX_ID_LEN and 0 < len(item_id) <= MAX_ID_LEN
                 and event_id.isprintable() and user_id.isprintable() and session_id.isprintable()
-                and item_id.isprintable()
+                and item_id.isprintable() and not item_id.startswith(RESERVED_ITEM_PREFIXES)
                 and type(ts) is int and MIN_TS_MS <= ts < MAX_TS_MS
                 and type(et) is str and et in _CLICK_TYPE_SET
                 and ((type(category_id) is str and 0 < len(category_id) <= MAX_ID_LEN and category_id.isprintable())
@@ -338,7 +352,7 @@ def validate_click_fully(obj, pseudonymise: Callable[[str], str]) -> ClickEvent:
         raise Invalid("wrong_type", f"event_type must be a string, got {_tname(et)}")
     if et not in CLICK_TYPES:
         raise Invalid("invalid_value", f"event_type must be one of {', '.join(CLICK_TYPES)}")
-    item_id = _ident(obj, "item_id", required=et != "search")
+    item_id = _item_ident(obj, "item_id", required=et != "search")
     category_id = _ident(obj, "category_id", required=False)
     price = _number(obj, "price", False, 0.0, MAX_PRICE)
     _text(obj, "query", False)  # validated, never kept: free text may hold personal data
@@ -368,7 +382,7 @@ def validate_order(obj, pseudonymise: Callable[[str], str]) -> OrderEvent:
             raise Invalid("wrong_type", f"items[{i}] must be an object, got {_tname(line)}")
         try:
             lines.append(OrderLine(
-                _ident(line, "item_id"),
+                _item_ident(line, "item_id"),
                 _integer(line, "quantity", True, 1, MAX_QUANTITY),
                 _number(line, "price", True, 0.0, MAX_PRICE),
                 _ident(line, "category_id", required=False),
@@ -383,7 +397,7 @@ def validate_order(obj, pseudonymise: Callable[[str], str]) -> OrderEvent:
 def validate_catalog(obj, pseudonymise: Callable[[str], str] | None = None) -> CatalogEvent:
     if type(obj) is not dict:
         raise Invalid("not_object", f"event must be a JSON object, got {_tname(obj)}")
-    item_id = _ident(obj, "item_id")
+    item_id = _item_ident(obj, "item_id")
     ts = parse_ts(obj.get("ts"))
     title = _text(obj, "title", True)
     category_id = _ident(obj, "category_id")
