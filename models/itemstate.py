@@ -149,12 +149,9 @@ class ItemState:
             return self.apply_click(rec["id"], rec["t"], rec["e"], rec.get("p"), rec.get("c"), cfg)
         ts = rec["t"]
         if kind == "g":  # catalog records describe the item (stock, status, launch), count in no window: never late
-            rid = rec["id"]
-            if rid in self.seen:
-                return DUPLICATE
-            self.seen[rid] = ts
-            if self.first_seen is None or ts < self.first_seen:
-                self.first_seen = ts
+            refused = admit(self, rec["id"], ts, None)
+            if refused is not None:
+                return refused
             self._apply_catalog(rec, cfg)
             return ACCEPTED
         start = ts - ts % cfg.size_ms  # cfg.start_of, inlined (once per record)

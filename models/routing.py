@@ -403,10 +403,9 @@ class RoutedBatch:
                 recs = parts.get(part)
                 if recs is None:
                     recs = parts[part] = []
-                if rec["k"] == "c" and key.startswith(CATEGORY_KEY_PREFIX):
-                    self._category_click(key, part, rec["id"], rec["t"], rec["i"], rec["e"])
-                    continue
-                recs.append(rec)  # any other record closes its partition's open item and user blocks
+                # (A click without an item gives no category record.) Any record but a click's closes
+                # its partition's open item and user blocks.
+                recs.append(rec)
                 self._items.pop(part, None)
                 self._users.pop(part, None)
 

@@ -41,14 +41,15 @@ class WindowConfig:
                 "idle_windows": self.idle_windows}
 
 
-def admit(state, rid: str, ts: int, start: int) -> str | None:
+def admit(state, rid: str, ts: int, start: int | None) -> str | None:
     """Admit a record (id ``rid``, event time ``ts`` in the window starting at ``start``) to an item's
     or a category's windowed state (its ``closed_through``, ``seen`` and ``first_seen``): None, its id
     remembered and ``first_seen`` moved back to it if earlier; or ``"late"`` (its window has closed
     for this state) or ``"duplicate"`` (its id was seen). The caller counts it in its window.
+    ``start=None``: a record that counts in no window (a catalog record), never late.
     """
     closed = state.closed_through
-    if closed is not None and start <= closed:
+    if closed is not None and start is not None and start <= closed:
         return "late"
     seen = state.seen
     if rid in seen:

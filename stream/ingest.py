@@ -19,7 +19,7 @@ import uuid
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from launchpulse.models.routing import Partitioner, RoutedBatch, fold_clicks
+from launchpulse.models.routing import Partitioner, RoutedBatch
 from launchpulse.models.windows import WindowConfig
 from launchpulse.schemas.validate import Pseudonymiser, dead_letter_record, parse_message
 
@@ -356,9 +356,8 @@ def pack_envelopes(src: str, recs: list, step: int, report: dict | None = None, 
     """One owner partition's routed records as envelopes of at most ``step`` records (one, empty,
     when there are none), the last carrying the watermark report: only the batch's last envelope
     moves time, since the owner closes windows when it hears it and the records of the earlier
-    envelopes must land first. Clicks travel folded into blocks of columns (routing.fold_clicks),
-    a block counting as the records it holds."""
-    recs = fold_clicks(recs, step)
+    envelopes must land first. The records come as ``routing.RoutedBatch`` routed them, clicks
+    folded into blocks of columns; a block counts as the records it holds."""
     groups: list[list] = [[]]
     weight = 0
     for rec in recs:
