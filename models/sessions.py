@@ -248,9 +248,34 @@ def learn_session_record(assoc: ItemAssociations, rec: Mapping) -> None:
 
 
 class UserSessions:
-    """All open sessions of one user pseudonym, the user's recent orders, and closing by watermark."""
+    """All open sessions of one user pseudonym, the user's recent orders, and closing by watermark.
 
-    __slots__ = ("ends", "orders", "sessions", "user_key", "watermark")
+    ``log`` lets a writer persist a user as a base state and the clicks applied after it, instead
+    of the whole state at every write: a session's state grows with its clicks (their ids are its
+    dedupe), and a live worker rewrote each active user's at every flush. ``log`` is None until the
+    writer says a base is persisted (it sets ``log = []`` after writing :meth:`to_state`); from then
+    on every click and order that changed the state is appended to it, as the arguments of
+    :meth:`apply_click` or :meth:`apply_order`, until :meth:`close` changes the state otherwise and
+    sets it back to None: the next write must be a base. :meth:`replay` applies a persisted log to
+    the base it followed, which gives the state back exactly (the watermark, the one thing besides
+    the state that an outcome reads, changes only in :meth:`close`).
+
+    >>> cfg = SessionConfig()
+    >>> u = UserSessions("user:u"); u.apply_click("e1", 1000, "s1", "view", "x", 2.0, cfg)
+    'accepted'
+    >>> base = UserSessions.from_state(u.to_state()); u.log = []   # a writer persisted it (a copy stands for that)
+    >>> _ = u.apply_click("e2", 1500, "s1", "view", "y", None, cfg), u.apply_click("e2", 1500, "s1", "view", "y", None, cfg)
+    >>> u.apply({"k": "o", "id": "o1", "t": 1600, "L": [["y", 1]]}, cfg)
+    'accepted'
+    >>> u.log                             # the duplicate changed nothing, so it is not logged
+    [('e2', 1500, 's1', 'view', 'y', None), ('o1', 1600)]
+    >>> base.replay(u.log, cfg); base.to_state() == u.to_state()
+    True
+    >>> _ = u.close(10**12, cfg); u.log is None
+    True
+    """
+
+    __slots__ = ("ends", "log", "orders", "sessions", "user_key", "watermark")
 
     def __init__(self, user_key: str):
         self.user_key = user_key
@@ -258,20 +283,27 @@ class UserSessions:
         self.orders: dict[str, int] = {}  # order id -> ts (recent ones, for labels and dedupe)
         self.ends: list[int] = []  # last-event times of recently closed sessions (recency)
         self.watermark: int | None = None  # the latest watermark close() saw
+        self.log: list | None = None  # clicks applied since the persisted base (None: persist a base)
 
     def apply(self, rec: Mapping, cfg: SessionConfig) -> str:
         """Apply one record of :func:`~.routing.route_session_records`; ACCEPTED, DUPLICATE or LATE."""
-        ts = rec["t"]
         if rec["k"] == "o":
-            if rec["id"] in self.orders:
-                return DUPLICATE
-            if self.watermark is not None and ts < self.watermark - cfg.grace_ms:
-                return LATE
-            self.orders[rec["id"]] = ts
-            if len(self.orders) > cfg.max_orders:
-                del self.orders[min(self.orders, key=lambda k: (self.orders[k], k))]
-            return ACCEPTED
-        return self.apply_click(rec["id"], ts, rec["s"], rec.get("e"), rec.get("i"), rec.get("p"), cfg)
+            return self.apply_order(rec["id"], rec["t"], cfg)
+        return self.apply_click(rec["id"], rec["t"], rec["s"], rec.get("e"), rec.get("i"), rec.get("p"), cfg)
+
+    def apply_order(self, order_id: str, ts: int, cfg: SessionConfig) -> str:
+        """One order of this user's (for the labels); the same as :meth:`apply` of its record."""
+        orders = self.orders
+        if order_id in orders:
+            return DUPLICATE
+        if self.watermark is not None and ts < self.watermark - cfg.grace_ms:
+            return LATE
+        orders[order_id] = ts
+        if len(orders) > cfg.max_orders:
+            del orders[min(orders, key=lambda k: (orders[k], k))]
+        if self.log is not None:
+            self.log.append((order_id, ts))
+        return ACCEPTED
 
     def apply_click(self, rid: str, ts: int, session: str, event: str | None, item: str | None,
                     price: float | None, cfg: SessionConfig) -> str:
@@ -294,7 +326,22 @@ class UserSessions:
             if self.watermark is not None and ts < self.watermark - cfg.grace_ms:
                 return LATE
             st = self.sessions[session] = SessionState(session)
-        return st.apply_click(rid, ts, event, item, price, cfg)
+        outcome = st.apply_click(rid, ts, event, item, price, cfg)
+        log = self.log
+        if log is not None and outcome != DUPLICATE:  # ACCEPTED: the state changed
+            log.append((rid, ts, session, event, item, price))
+        return outcome
+
+    def replay(self, entries: Iterable, cfg: SessionConfig) -> None:
+        """Apply a persisted ``log`` (its entries as lists or tuples) to the base state it followed."""
+        log, self.log = self.log, None
+        click, order = self.apply_click, self.apply_order
+        for e in entries:
+            if len(e) == 2:
+                order(e[0], e[1], cfg)
+            else:
+                click(e[0], e[1], e[2], e[3], e[4], e[5], cfg)
+        self.log = log
 
     def next_close_ms(self, cfg: SessionConfig) -> int | None:
         """The watermark at which the next open session closes (None: none open)."""
@@ -321,6 +368,7 @@ class UserSessions:
 
     def close(self, watermark_ms: int, cfg: SessionConfig) -> list[SessionSummary]:
         """Close every session the watermark has passed (oldest first) and the stalest beyond the cap."""
+        self.log = None  # the watermark, sessions, ends may change: the next write is a base
         if self.watermark is None or watermark_ms > self.watermark:
             self.watermark = watermark_ms
         limit = watermark_ms - cfg.gap_ms - cfg.grace_ms  # sessions whose last event is at most this close
