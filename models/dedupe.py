@@ -33,17 +33,18 @@ flush), so a state on the broker never points at a chunk that is not.
 >>> read_ids(store.get, b"item", [1, 3]) is None               # a chunk missing
 True
 
-A user's sessions go the same way in another form (:attr:`~.sessions.UserSessions.log`): a base
-state, tagged with a number of its own (``log`` in the state), then the clicks and orders applied
-after it, one chunk per write, at ``log_key(user, 0)``, ``1``, ...; each chunk is ``[base tag, clicks]``. A new
-base restarts the numbering, so its chunks overwrite the old ones' keys and no old chunk has to be
-deleted first: :func:`read_log` takes the chunks that carry the base's tag, from 0 up to the first
-that does not (an older base's, or none), and so never reads a chunk a crash left behind.
+A user's sessions go the same way in another form (:meth:`~.sessions.UserSessions.delta`): a base
+state, tagged with a number of its own (``log`` in the state), then what changed after it (the new
+event ids of its sessions and their small fields), one chunk per write, at ``log_key(user, 0)``,
+``1``, ...; each chunk is ``[base tag, delta]``. A new base restarts the numbering, so its chunks
+overwrite the old ones' keys and no old chunk has to be deleted first: :func:`read_log` takes the
+chunks that carry the base's tag, from 0 up to the first that does not (an older base's, or none),
+and so never reads a chunk a crash left behind.
 
->>> store = {b"user:u": b'{"log":7}', log_key(b"user:u", 0): b'[7,[["e2",1]]]',
-...          log_key(b"user:u", 1): b'[5,[["e0",0]]]'}        # chunk 1: an older base's
->>> read_log(store.get, b"user:u", 7)                            # clicks, chunks of the base, chunk keys held
-([['e2', 1]], 1, 2)
+>>> store = {b"user:u": b'{"log":7}', log_key(b"user:u", 0): b'[7,{"o":{}}]',
+...          log_key(b"user:u", 1): b'[5,{"o":{}}]'}           # chunk 1: an older base's
+>>> read_log(store.get, b"user:u", 7)                            # deltas, chunks of the base, chunk keys held
+([{'o': {}}], 1, 2)
 >>> read_log(store.get, b"user:u", None)                         # a base written before logs: none of its
 ([], 0, 2)
 """
@@ -100,10 +101,10 @@ def log_key(key: bytes, n: int) -> bytes:
 
 
 def read_log(get: Callable[[bytes], bytes | None], key: bytes, tag) -> tuple[list, int, int]:
-    """A user's log read back: the clicks of the chunks written after the base tagged ``tag``, in
+    """A user's log read back: the deltas of the chunks written after the base tagged ``tag``, in
     write order; how many chunks hold them (the next chunk's number); and how many chunk keys the
     store holds from 0 on (all of them deleted with the user)."""
-    clicks: list = []
+    deltas: list = []
     n = 0
     held = None  # the first chunk of another base
     while True:
@@ -113,8 +114,8 @@ def read_log(get: Callable[[bytes], bytes | None], key: bytes, tag) -> tuple[lis
         if held is None:
             chunk_tag, chunk = orjson.loads(raw)
             if chunk_tag == tag and tag is not None:
-                clicks.extend(chunk)
+                deltas.append(chunk)
             else:
                 held = n
         n += 1
-    return clicks, n if held is None else held, n
+    return deltas, n if held is None else held, n

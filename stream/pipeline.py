@@ -588,46 +588,46 @@ class Worker:
         self._table_writes(self.items, kb, None, st.to_json(ids=rng), part)
 
     def _write_user(self, key: str, st: UserSessions) -> None:
-        """Queue a user's sessions: the clicks and orders applied since its last write as one more chunk
-        of its log; or the whole state as a new base when anything else changed it (sessions closed),
-        when its log holds LOG_CHUNKS_MAX chunks, or when there is nothing logged to write (a replay's
-        duplicates: the state is written again, as before logs). A session's state grows with its
-        clicks (their ids are its dedupe): written whole, each active user's was rewritten at every
-        flush, most of a live flush's bytes (models.dedupe)."""
+        """Queue a user's sessions: what changed since its last write (UserSessions.delta) as one more
+        chunk of its log; or the whole state as a new base when sessions closed, when its log holds
+        LOG_CHUNKS_MAX chunks, or when no session changed (an order alone, a replay's duplicates: the
+        state is written again, as before logs). A session's state grows with its clicks (their ids
+        are its dedupe): written whole, each active user's was rewritten at every flush, most of a
+        live flush's bytes (models.dedupe)."""
         kb = key.encode()
         part = self._partition(key)
-        clicks = st.log
         user_log = self._user_logs.get(key)
-        if clicks and user_log is not None and user_log[1] < LOG_CHUNKS_MAX:
+        delta = st.delta() if st.persisted and user_log is not None and user_log[1] < LOG_CHUNKS_MAX else None
+        if delta is not None:
             n = user_log[1]
-            self._table_writes(self.items, log_key(kb, n), None, orjson.dumps([user_log[0], clicks]), part)
+            self._table_writes(self.items, log_key(kb, n), None, orjson.dumps([user_log[0], delta]), part)
             user_log[1] = n + 1
             if n >= user_log[2]:
                 user_log[2] = n + 1
+            return
+        tag = self._log_tags.getrandbits(52)
+        doc = st.to_state()
+        doc["log"] = tag
+        self._table_writes(self.items, kb, None, orjson.dumps(doc), part)
+        st.mark_persisted()
+        if user_log is None:
+            self._user_logs[key] = [tag, 0, 0]
         else:
-            tag = self._log_tags.getrandbits(52)
-            doc = st.to_state()
-            doc["log"] = tag
-            self._table_writes(self.items, kb, None, orjson.dumps(doc), part)
-            if user_log is None:
-                self._user_logs[key] = [tag, 0, 0]
-            else:
-                user_log[0], user_log[1] = tag, 0
-        st.log = []
+            user_log[0], user_log[1] = tag, 0
 
     def _load_user(self, key: str, raw: bytes | None) -> UserSessions:
-        """A user's sessions from its stored base and the log chunks written after it (UserSessions.replay)."""
+        """A user's sessions from its stored base and the log chunks written after it."""
         if not raw:
             return UserSessions(key)
         doc = orjson.loads(raw)
         st = UserSessions.from_state(doc)
         tag = doc.get("log")  # None: written before logs (whole at every write); the next write is a base
-        clicks, n, held = read_log(_store(self.items).get, key.encode(), tag)
-        if clicks:
-            st.replay(clicks, self.session_cfg)
+        deltas, n, held = read_log(_store(self.items).get, key.encode(), tag)
+        for d in deltas:
+            st.apply_delta(d)
         self._user_logs[key] = [tag, n, held]
         if tag is not None:
-            st.log = []
+            st.mark_persisted()
         return st
 
     def _with_ids(self, key: str, doc: dict) -> tuple[dict, bool]:

@@ -1,5 +1,5 @@
-"""A user's sessions are written as a base state and then as log chunks of the clicks and orders applied
-after it (UserSessions.log, models.dedupe.read_log, Worker._write_user and _load_user). Whatever the
+"""A user's sessions are written as a base state and then as log chunks of what changed after it
+(UserSessions.delta and apply_delta, models.dedupe.read_log, Worker._write_user and _load_user). Whatever the
 points at which a worker flushes, drops its cached states and reads them back from its table, it must
 hold the states of a worker that writes each user whole (as before logs) at the same points, and what
 its table holds must read back as them."""
@@ -9,7 +9,7 @@ import asyncio
 import os
 
 import orjson
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from launchpulse.models.dedupe import LOG_CHUNKS_MAX, log_key, read_log
@@ -86,6 +86,9 @@ def _users(worker) -> dict:
 
 @settings(max_examples=150, deadline=None)
 @given(_steps, st.integers(1, 3))
+@example([("apply", [ClickEvent("e1", 0, "u1", "s-u1-0", "view", "a", None, None, None)]), ("flush",),
+          ("watermark", 3 * HOUR),  # closes s-u1-0: the next write must not be a delta of the base holding it
+          ("apply", [ClickEvent("e2", 4 * HOUR, "u1", "s-u1-2", "view", "b", None, None, None)]), ("reload",)], 1)
 def test_users_read_back_from_base_and_log_are_the_users_applied(steps, max_block):
     from launchpulse.stream.pipeline import _store
 
@@ -136,8 +139,8 @@ def test_users_read_back_from_base_and_log_are_the_users_applied(steps, max_bloc
 
 
 def test_a_users_log_is_written_as_chunks_after_one_base():
-    """Clicks of a user already written go as log chunks, one per flush; a new base after
-    LOG_CHUNKS_MAX of them, or after a session closed; chunks of an older base are never read."""
+    """A user already written goes as log chunks, one per flush it changed in; a new base after
+    LOG_CHUNKS_MAX of them; chunks of an older base are never read."""
     from launchpulse.stream.pipeline import _store
 
     loop = asyncio.new_event_loop()
