@@ -32,21 +32,6 @@ flush), so a state on the broker never points at a chunk that is not.
 {'c': 3}
 >>> read_ids(store.get, b"item", [1, 3]) is None               # a chunk missing
 True
-
-A user's sessions go the same way in another form (:meth:`~.sessions.UserSessions.delta`): a base
-state, tagged with a number of its own (``log`` in the state), then what changed after it (the new
-event ids of its sessions and their small fields), one chunk per write, at ``log_key(user, 0)``,
-``1``, ...; each chunk is ``[base tag, delta]``. A new base restarts the numbering, so its chunks
-overwrite the old ones' keys and no old chunk has to be deleted first: :func:`read_log` takes the
-chunks that carry the base's tag, from 0 up to the first that does not (an older base's, or none),
-and so never reads a chunk a crash left behind.
-
->>> store = {b"user:u": b'{"log":7}', log_key(b"user:u", 0): b'[7,{"o":{}}]',
-...          log_key(b"user:u", 1): b'[5,{"o":{}}]'}           # chunk 1: an older base's
->>> read_log(store.get, b"user:u", 7)                            # deltas, chunks of the base, chunk keys held
-([{'o': {}}], 1, 2)
->>> read_log(store.get, b"user:u", None)                         # a base written before logs: none of its
-([], 0, 2)
 """
 from __future__ import annotations
 
@@ -55,10 +40,9 @@ from typing import Callable
 
 import orjson
 
-__all__ = ["CHUNKS_MAX", "LOG_CHUNKS_MAX", "chunk_key", "log_key", "plan_ids_write", "read_ids", "read_log"]
+__all__ = ["CHUNKS_MAX", "chunk_key", "plan_ids_write", "read_ids"]
 
 CHUNKS_MAX = 32  # a key's chunks are compacted into one at this many
-LOG_CHUNKS_MAX = 32  # a user's log chunks after one base: the next write is a new base
 
 
 def chunk_key(key: bytes, n: int) -> bytes:
@@ -93,29 +77,3 @@ def read_ids(get: Callable[[bytes], bytes | None], key: bytes, rng: list) -> dic
             return None
         out.update(orjson.loads(raw))
     return out
-
-
-def log_key(key: bytes, n: int) -> bytes:
-    """The record key of chunk ``n`` of a user's log (NUL never occurs in a user key)."""
-    return b"%s\x00log\x00%d" % (key, n)
-
-
-def read_log(get: Callable[[bytes], bytes | None], key: bytes, tag) -> tuple[list, int, int]:
-    """A user's log read back: the deltas of the chunks written after the base tagged ``tag``, in
-    write order; how many chunks hold them (the next chunk's number); and how many chunk keys the
-    store holds from 0 on (all of them deleted with the user)."""
-    deltas: list = []
-    n = 0
-    held = None  # the first chunk of another base
-    while True:
-        raw = get(log_key(key, n))
-        if raw is None:
-            break
-        if held is None:
-            chunk_tag, chunk = orjson.loads(raw)
-            if chunk_tag == tag and tag is not None:
-                deltas.append(chunk)
-            else:
-                held = n
-        n += 1
-    return deltas, n if held is None else held, n

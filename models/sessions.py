@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from itertools import islice
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -102,10 +101,6 @@ class SessionState:
     seen: dict = field(default_factory=dict)  # event id -> ts (at most max_events)
     dropped_items: int = 0  # item touches not stored because of max_items
     dropped_events: int = 0  # events not counted because of max_events
-    # How many of ``seen`` (the first ones) the writer has persisted, and dropped_events then (see
-    # UserSessions.delta): bookkeeping of the writer's, not state (to_state leaves it out).
-    ids_persisted: int = field(default=0, compare=False)
-    dropped_persisted: int = field(default=0, compare=False)
 
     def apply(self, rec: Mapping, cfg: SessionConfig) -> str:
         return self.apply_click(rec["id"], rec["t"], rec.get("e"), rec.get("i"), rec.get("p"), cfg)
@@ -253,36 +248,9 @@ def learn_session_record(assoc: ItemAssociations, rec: Mapping) -> None:
 
 
 class UserSessions:
-    """All open sessions of one user pseudonym, the user's recent orders, and closing by watermark.
+    """All open sessions of one user pseudonym, the user's recent orders, and closing by watermark."""
 
-    A writer may persist a user as a base state and then deltas, instead of the whole state at
-    every write: a session's state grows with its clicks (their ids are its dedupe), and a live
-    worker rewrote each active user's at every flush. Once a base is written the writer calls
-    :meth:`mark_persisted`; :meth:`delta` then gives what changed since the last write (each
-    session that grew: its new event ids, and its other fields, which are small and bounded,
-    whole; the orders whole) and marks it persisted. :meth:`close` changes what a delta does not
-    carry (sessions go, ends, the watermark): ``persisted`` is False again and the next write must
-    be a base. :meth:`apply_delta` applies deltas, in order, to the base they followed, which gives
-    the state back exactly. Nothing of this runs per click.
-
-    >>> cfg = SessionConfig()
-    >>> u = UserSessions("user:u"); u.apply_click("e1", 1000, "s1", "view", "x", 2.0, cfg)
-    'accepted'
-    >>> base = UserSessions.from_state(u.to_state()); u.mark_persisted()   # a copy stands for the write
-    >>> _ = u.apply_click("e2", 1500, "s1", "view", "y", None, cfg), u.apply_click("e2", 1500, "s1", "view", "y", None, cfg)
-    >>> u.apply({"k": "o", "id": "o1", "t": 1600, "L": [["y", 1]]}, cfg)
-    'accepted'
-    >>> d = u.delta(); d["s"]["s1"][-1], d["o"]                # the new id only; the orders whole
-    ({'e2': 1500}, {'o1': 1600})
-    >>> u.delta() is None                                      # nothing changed since
-    True
-    >>> base.apply_delta(d); base.to_state() == u.to_state()
-    True
-    >>> _ = u.close(10**12, cfg); u.persisted
-    False
-    """
-
-    __slots__ = ("ends", "orders", "persisted", "sessions", "user_key", "watermark")
+    __slots__ = ("ends", "orders", "sessions", "user_key", "watermark")
 
     def __init__(self, user_key: str):
         self.user_key = user_key
@@ -290,7 +258,6 @@ class UserSessions:
         self.orders: dict[str, int] = {}  # order id -> ts (recent ones, for labels and dedupe)
         self.ends: list[int] = []  # last-event times of recently closed sessions (recency)
         self.watermark: int | None = None  # the latest watermark close() saw
-        self.persisted = False  # a writer's base holds all but what delta() gives (False: write a base)
 
     def apply(self, rec: Mapping, cfg: SessionConfig) -> str:
         """Apply one record of :func:`~.routing.route_session_records`; ACCEPTED, DUPLICATE or LATE."""
@@ -329,44 +296,6 @@ class UserSessions:
             st = self.sessions[session] = SessionState(session)
         return st.apply_click(rid, ts, event, item, price, cfg)
 
-    def mark_persisted(self) -> None:
-        """The writer has persisted the whole state: the next :meth:`delta` starts from here."""
-        for s in self.sessions.values():
-            s.ids_persisted = len(s.seen)
-            s.dropped_persisted = s.dropped_events
-        self.persisted = True
-
-    def delta(self) -> dict | None:
-        """What changed since the last write, which it then counts as persisted: ``{"s": {session:
-        [first_ts, last_ts, counts, viewed, carted, price_sum, price_n, dropped_items, dropped_events,
-        new ids]}, "o": orders}`` for each session with new ids (or newly dropped events), in the
-        sessions' order; None when no session changed (an order alone, or duplicates: write a base).
-        Only valid while ``persisted``."""
-        out = {}
-        for k, s in self.sessions.items():
-            seen, n = s.seen, s.ids_persisted
-            if n == len(seen) and s.dropped_events == s.dropped_persisted:
-                continue
-            out[k] = [s.first_ts, s.last_ts, s.counts, list(s.viewed.items()), list(s.carted.items()), s.price_sum,
-                      s.price_n, s.dropped_items, s.dropped_events,
-                      dict(islice(seen.items(), n, None)) if n else seen]
-            s.ids_persisted = len(seen)
-            s.dropped_persisted = s.dropped_events
-        return {"s": out, "o": self.orders} if out else None
-
-    def apply_delta(self, d: Mapping) -> None:
-        """Apply a :meth:`delta` (as read back from JSON) to the state it followed."""
-        sessions = self.sessions
-        for k, (first, last, counts, viewed, carted, price_sum, price_n, di, de, ids) in d["s"].items():
-            s = sessions.get(k)
-            if s is None:
-                s = sessions[k] = SessionState(k)
-            s.first_ts, s.last_ts, s.counts = first, last, dict(counts)
-            s.viewed, s.carted = dict(map(tuple, viewed)), dict(map(tuple, carted))
-            s.price_sum, s.price_n, s.dropped_items, s.dropped_events = price_sum, price_n, di, de
-            s.seen.update(ids)
-        self.orders = dict(d["o"])
-
     def next_close_ms(self, cfg: SessionConfig) -> int | None:
         """The watermark at which the next open session closes (None: none open)."""
         sessions = self.sessions
@@ -392,7 +321,6 @@ class UserSessions:
 
     def close(self, watermark_ms: int, cfg: SessionConfig) -> list[SessionSummary]:
         """Close every session the watermark has passed (oldest first) and the stalest beyond the cap."""
-        self.persisted = False  # sessions, ends, the watermark may change, which deltas do not carry
         if self.watermark is None or watermark_ms > self.watermark:
             self.watermark = watermark_ms
         limit = watermark_ms - cfg.gap_ms - cfg.grace_ms  # sessions whose last event is at most this close

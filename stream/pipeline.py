@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import random
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ from faust.types import TP
 
 from launchpulse.models import features
 from launchpulse.models.category import CategoryState, cadence_evidence, close_steps
-from launchpulse.models.dedupe import LOG_CHUNKS_MAX, chunk_key, log_key, plan_ids_write, read_ids, read_log
+from launchpulse.models.dedupe import chunk_key, plan_ids_write, read_ids
 from launchpulse.models.decisions import (
     CADENCE_MODEL_VERSION,
     HOMOGENEITY_MODEL_VERSION,
@@ -132,9 +131,6 @@ class Worker:
         # only the new ones (models.dedupe): the chunks [first, next) each cached state points at, and
         # the chunks replaced by a compaction, deleted by the next flush (once the state is delivered).
         self._ids_range: dict[str, list] = {}
-        # user key -> [its base's tag, its log chunks after that base, log chunk keys held]: models.dedupe
-        self._user_logs: dict[str, list] = {}
-        self._log_tags = random.Random()  # a base's tag tells its log chunks from an older base's
         self._ids_garbage: list[tuple[bytes, int]] = []
         self.metas: dict[int, PartitionMeta] = {}
         self.dirty_items: set[str] = set()
@@ -243,7 +239,6 @@ class Worker:
         await self._write_applied()
         self.cache.clear()
         self._ids_range.clear()
-        self._user_logs.clear()
         self.metas.clear()
         self.category_priors.clear()
         self._applied_through.clear()
@@ -281,7 +276,6 @@ class Worker:
         # Partitions may have moved in: read their state from the (recovered) tables again.
         self.cache.clear()
         self._ids_range.clear()
-        self._user_logs.clear()
         self.metas.clear()
         self.category_priors.clear()
         self._applied_through.clear()
@@ -453,8 +447,8 @@ class Worker:
             for key in self.dirty_items:
                 if key not in self.deleted:
                     st = cache[key]
-                    if type(st) is UserSessions:
-                        self._write_user(key, st)
+                    if type(st) is UserSessions:  # a user's ids live and go with its sessions: small
+                        writes(self.items, key.encode(), None, orjson.dumps(st.to_state()), self._partition(key))
                     else:
                         self._write_with_ids(key, st)
             for key in self.deleted:
@@ -464,10 +458,6 @@ class Worker:
                 if rng is not None:
                     self._ids_garbage.extend((chunk_key(kb, n), part) for n in range(*rng))
                 writes(self.items, kb, None, None, part)
-                user_log = self._user_logs.pop(key, None)
-                if user_log is not None:  # after the base: a chunk a crash leaves behind is read by no base
-                    for n in range(user_log[2]):
-                        writes(self.items, log_key(kb, n), None, None, part)
                 cache.pop(key, None)
             for key in self.dirty_totals:
                 st = cache[key]
@@ -587,49 +577,6 @@ class Worker:
         st.ids_persisted = len(st.seen)
         self._table_writes(self.items, kb, None, st.to_json(ids=rng), part)
 
-    def _write_user(self, key: str, st: UserSessions) -> None:
-        """Queue a user's sessions: what changed since its last write (UserSessions.delta) as one more
-        chunk of its log; or the whole state as a new base when sessions closed, when its log holds
-        LOG_CHUNKS_MAX chunks, or when no session changed (an order alone, a replay's duplicates: the
-        state is written again, as before logs). A session's state grows with its clicks (their ids
-        are its dedupe): written whole, each active user's was rewritten at every flush, most of a
-        live flush's bytes (models.dedupe)."""
-        kb = key.encode()
-        part = self._partition(key)
-        user_log = self._user_logs.get(key)
-        delta = st.delta() if st.persisted and user_log is not None and user_log[1] < LOG_CHUNKS_MAX else None
-        if delta is not None:
-            n = user_log[1]
-            self._table_writes(self.items, log_key(kb, n), None, orjson.dumps([user_log[0], delta]), part)
-            user_log[1] = n + 1
-            if n >= user_log[2]:
-                user_log[2] = n + 1
-            return
-        tag = self._log_tags.getrandbits(52)
-        doc = st.to_state()
-        doc["log"] = tag
-        self._table_writes(self.items, kb, None, orjson.dumps(doc), part)
-        st.mark_persisted()
-        if user_log is None:
-            self._user_logs[key] = [tag, 0, 0]
-        else:
-            user_log[0], user_log[1] = tag, 0
-
-    def _load_user(self, key: str, raw: bytes | None) -> UserSessions:
-        """A user's sessions from its stored base and the log chunks written after it."""
-        if not raw:
-            return UserSessions(key)
-        doc = orjson.loads(raw)
-        st = UserSessions.from_state(doc)
-        tag = doc.get("log")  # None: written before logs (whole at every write); the next write is a base
-        deltas, n, held = read_log(_store(self.items).get, key.encode(), tag)
-        for d in deltas:
-            st.apply_delta(d)
-        self._user_logs[key] = [tag, n, held]
-        if tag is not None:
-            st.mark_persisted()
-        return st
-
     def _with_ids(self, key: str, doc: dict) -> tuple[dict, bool]:
         """A stored item or category state with its dedupe ids read back from their chunks; and whether
         they all were (an older state holds its ids inline)."""
@@ -669,7 +616,7 @@ class Worker:
         if st is None:
             raw = _store(self.items).get(key.encode())
             if key.startswith(USER_KEY_PREFIX):
-                st = self._load_user(key, raw)
+                st = UserSessions.from_state(orjson.loads(raw)) if raw else UserSessions(key)
             else:
                 if raw:
                     doc, complete = self._with_ids(key, orjson.loads(raw))
@@ -687,7 +634,6 @@ class Worker:
                 for k in [k for k in list(self.cache)[: CACHE_MAX_ITEMS // 5] if k not in self.dirty_items]:
                     del self.cache[k]
                     self._ids_range.pop(k, None)
-                    self._user_logs.pop(k, None)
             self.cache[key] = st
         return st
 
