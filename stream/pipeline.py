@@ -96,7 +96,11 @@ RECENT_WINDOWS = 4
 # rewrites every key touched since the last one, so bigger flushes coalesce more writes of busy
 # keys. Counted in records, not envelopes: a trickle makes many small envelopes, and a cap of 400
 # envelopes (as before) flushed two to three times as often on a live clickstream, for no gain.
-FLUSH_MAX_RECORDS = 500_000
+# At 500,000 this cap, not the cost rule below, set the cadence at 20,000 clicks/s (2.2 records a
+# click: a flush every 11-13 s, each writing ~68,000 keys in 1.6-5.5 s, 25-40% of the worker), and
+# the worker fell behind; at 2,000,000 the cost rule governs there (docs/benchmarks.md, seventeenth
+# session). A crash replays at most this many records (about 40 s of that feed).
+FLUSH_MAX_RECORDS = 2_000_000
 # Under load a flush waits at least this many times as long as the previous one took to serialise:
 # the flush then takes at most about a tenth of the worker's time. Each flush rewrites every key
 # touched since the last, and on a busy live feed almost every active item and user is touched
