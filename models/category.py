@@ -56,7 +56,7 @@ import orjson
 
 from .decisions import CategoryEvidence, Thresholds
 from .trends import TrendModel, model_state as _model_state
-from .windows import WindowConfig, admit
+from .windows import ACCEPTED, WindowConfig, admit
 
 STATE_VERSION = 5  # 2: views and carts trends (series); 3: top sellers; 4: revenue; 5: dedupe ids may be kept apart
 TOP_SELLERS = 5  # items with the most units in the latest closed window with sales (cold-start partners)
@@ -64,7 +64,6 @@ DEFAULT_THRESHOLDS = Thresholds()
 MAX_GAP_WINDOWS = 48  # a longer silent gap teaches the category's trend only its last this-many zero windows
 MAX_SILENT_STEPS = 48  # close_steps: a longer silent run closes in one call
 
-ACCEPTED, DUPLICATE, LATE = "accepted", "duplicate", "late"
 
 _CLICK = {"view": 1, "add_to_cart": 2}  # index into an item's [units, views, carts, revenue]
 

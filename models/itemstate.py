@@ -17,7 +17,7 @@ import orjson
 from .associations import ItemAssociations
 from .sessions import learn_session_record
 from .trends import TrendModel, model_state as _model_state
-from .windows import WindowConfig, admit
+from .windows import ACCEPTED, WindowConfig, admit
 
 STATE_VERSION = 8  # 4: expected conversions since the previous scored window; 5: primary orders per window;
 #                    6: trends of the views, carts and revenue series; 7: closed sessions per window of their close;
@@ -55,7 +55,6 @@ def series_model() -> TrendModel:
 _IDX = {name: i for i, name in enumerate(COUNTERS)}
 _CLICK_COUNTER = {"view": 0, "add_to_cart": 1, "remove_from_cart": 2, "wishlist": 3}
 
-ACCEPTED, DUPLICATE, LATE = "accepted", "duplicate", "late"
 SESSION_DEDUPE_KEEP = 1024  # closed-session ids remembered per item, at least
 # ... and at most this many more: the oldest are dropped in one pass every SESSION_DEDUPE_SLACK
 # sessions. Dropping them one session at a time rebuilt the list of 1,024 ids for every session of

@@ -56,10 +56,10 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .associations import ItemAssociations
+from .windows import ACCEPTED, DUPLICATE, LATE
 
 STATE_VERSION = 1
 
-ACCEPTED, DUPLICATE, LATE = "accepted", "duplicate", "late"
 
 _COUNTER = {"view": "views", "add_to_cart": "carts", "remove_from_cart": "removes", "wishlist": "wishlists",
             "search": "searches", "review": "reviews"}

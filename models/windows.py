@@ -41,19 +41,23 @@ class WindowConfig:
                 "idle_windows": self.idle_windows}
 
 
+# What applying a record to a state comes to (the item's, the category's and the user's states alike).
+ACCEPTED, DUPLICATE, LATE = "accepted", "duplicate", "late"
+
+
 def admit(state, rid: str, ts: int, start: int | None) -> str | None:
     """Admit a record (id ``rid``, event time ``ts`` in the window starting at ``start``) to an item's
     or a category's windowed state (its ``closed_through``, ``seen`` and ``first_seen``): None, its id
-    remembered and ``first_seen`` moved back to it if earlier; or ``"late"`` (its window has closed
-    for this state) or ``"duplicate"`` (its id was seen). The caller counts it in its window.
+    remembered and ``first_seen`` moved back to it if earlier; or LATE (its window has closed for this
+    state) or DUPLICATE (its id was seen). The caller counts it in its window.
     ``start=None``: a record that counts in no window (a catalog record), never late.
     """
     closed = state.closed_through
     if closed is not None and start is not None and start <= closed:
-        return "late"
+        return LATE
     seen = state.seen
     if rid in seen:
-        return "duplicate"
+        return DUPLICATE
     seen[rid] = ts
     first = state.first_seen
     if first is None or ts < first:

@@ -34,7 +34,7 @@ from launchpulse.models.decisions import (
     neighbourhood_evidence,
 )
 from launchpulse.models.itemstate import SERIES as ITEM_SERIES
-from launchpulse.models.itemstate import ACCEPTED, DUPLICATE, LATE, ClosedWindow, ItemState, dormancy_check_window
+from launchpulse.models.itemstate import ClosedWindow, ItemState, dormancy_check_window
 from launchpulse.models.propensity import ProgressiveScore
 from launchpulse.models.routing import CATEGORY_KEY_PREFIX, USER_KEY_PREFIX
 from launchpulse.models.sessions import SessionConfig, UserSessions
@@ -49,7 +49,7 @@ from launchpulse.models.associations import (
 )
 from launchpulse.models.routing import Partitioner, partition_for
 from launchpulse.models.watermark import PartitionMeta
-from launchpulse.models.windows import WindowConfig
+from launchpulse.models.windows import ACCEPTED, DUPLICATE, LATE, WindowConfig
 from launchpulse.schemas.validate import Rejection, dead_letter_record
 
 from .faust_transport import App as FaustApp

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from launchpulse.models.itemstate import ACCEPTED, DUPLICATE, ItemState, dormancy_check_window, series_model
+from launchpulse.models.itemstate import ItemState, dormancy_check_window, series_model
 from launchpulse.models.trends import TrendModel
-from launchpulse.models.windows import WindowConfig
+from launchpulse.models.windows import ACCEPTED, DUPLICATE, WindowConfig
 
 CFG = WindowConfig(size_ms=1000, grace_ms=100, idle_windows=4)
 
