@@ -121,14 +121,15 @@ async def replay(args) -> dict:
         t_apply += t2 - t1
         t_close += t3 - t2
         if t3 - last_flush >= worker.flush_interval_s:
-            await worker._flush()
+            await worker._flush(at_once=True)  # the running worker serialises in slices: the same CPU
             last_flush = time.perf_counter()
             t_flush += last_flush - t3
         t4 = time.perf_counter()
         await worker._score_queued()
         t_score += time.perf_counter() - t4
     t4 = time.perf_counter()
-    await worker._flush()
+    await worker._flush(at_once=True)
+    await worker._delivered()  # (the last flush's records were not counted before)
     t_flush += time.perf_counter() - t4
     t_stages = time.perf_counter() - t0
     if prof:

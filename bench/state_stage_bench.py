@@ -96,7 +96,7 @@ def one_day(args, s, worker, msgs: list, day: int) -> None:
         worker._apply_envelope(part, value)
         if k % args.flush_every == args.flush_every - 1 or k == len(envelopes) - 1:
             t1 = time.perf_counter()
-            loop.run_until_complete(worker._flush())
+            loop.run_until_complete(worker._flush(at_once=True))
             t_flush += time.perf_counter() - t1
     t_state = time.perf_counter() - t0 - t_flush
     if prof:

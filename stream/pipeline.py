@@ -107,6 +107,10 @@ FLUSH_MAX_RECORDS = 2_000_000
 # every few seconds, so a fixed 5 s cadence made the flush a quarter of the worker's time
 # (py-spy, 20,000 events/s offered). A longer gap means more to replay after a crash, never less safety.
 FLUSH_COST_FACTOR = 10
+# A flush serialises its states in slices of about this long, between which the event loop runs the
+# agent and the closing of windows; a flush of a busy live feed serialises 70,000 keys in 2-4 s, and
+# done in one go it held every window closing behind it (docs/design.md, the flush).
+FLUSH_SLICE_S = 0.01
 
 
 class Worker:
@@ -156,7 +160,14 @@ class Worker:
         self.top_partners: dict[str, list] = {}  # item -> its strongest partners at its latest close (to publish)
         self.deleted: set[str] = set()  # keys whose state ended (a user with no open session): tombstoned
         self._flush_lock = asyncio.Lock()
-        self._pending_writes: list[tuple] = []  # changelog records of the flush under way
+        self._pending_writes: list[tuple] = []  # changelog records for the next flush
+        # The flush under way: the dirty keys it has not serialised yet (in place: the hot paths hold it),
+        # each written as it was when the flush began, before anything changes it (_serialise_before_change);
+        # the records serialised so far; the CPU seconds spent serialising.
+        self._unserialised: dict[str, None] = {}
+        self._flush_records: list[tuple] = []
+        self._flush_cost = 0.0
+        self._closing = False  # a closing step is under way: the flush's slices give way to it
         self._changelog_names: dict[int, str] = {}  # id(table) -> its changelog topic's name
         self._partition = Partitioner(s.state_partitions)  # a changelog key's partition (the default partitioner)
         self._delivery: asyncio.Future | None = None  # the latest flush's delivery and acknowledgements
@@ -268,8 +279,9 @@ class Worker:
 
     async def _write_applied(self) -> None:
         """Write every envelope applied so far and acknowledge it, and wait for the writes' delivery."""
+        self._serialise_some(None)  # the flush under way, if any, at once
         if self.unacked or self.dirty_items or self.dirty_metas or self._pending_writes:
-            await self._flush()
+            await self._flush(at_once=True)
         await self._delivered()
 
     async def _on_assigned(self, *args, **kwargs) -> None:
@@ -277,6 +289,7 @@ class Worker:
         # watermarks that paused it are dropped here: resume them (the revoked ones Faust forgot).
         if self._paused:
             self._resume_all_paused()
+        self._serialise_some(None)  # a flush begun since the revocation wrote them: it needs the states
         # Partitions may have moved in: read their state from the (recovered) tables again.
         self.cache.clear()
         self._ids_range.clear()
@@ -313,7 +326,8 @@ class Worker:
             applied_through[partition] = message.offset
             await self._apply_step(partition, event.value)
             self.unacked.append(event)
-            if self.records_processed - self._flushed_records >= FLUSH_MAX_RECORDS or self._flush_due():
+            if not self._unserialised and (self.records_processed - self._flushed_records >= FLUSH_MAX_RECORDS
+                                           or self._flush_due()):
                 await self._flush()
             if len(self.score_queue) >= self.s.score_max_rows:
                 self.score_wakeup.set()
@@ -408,7 +422,7 @@ class Worker:
             self._release_if_stalled()
         else:
             self._stall_mark = None
-        if (self.unacked or self._pending_writes) and self._flush_due():
+        if (self.unacked or self._pending_writes) and not self._unserialised and self._flush_due():
             await self._flush()
 
     def _release_if_stalled(self) -> None:
@@ -430,38 +444,41 @@ class Worker:
         held, self._paused = set(self._paused), {}
         self._resume_fetching(held & set(self.app.consumer.assignment()))
 
-    async def _flush(self) -> None:
+    async def _flush(self, at_once: bool = False) -> None:
         """Write every dirty item, total and partition meta once, then acknowledge their envelopes.
 
         Writes go out before the acknowledgements, and Faust flushes the producer before it
         commits offsets, so a committed envelope's effects are always in the changelogs. A
         crash replays unacknowledged envelopes onto the recovered state; deduplication by
         event id makes that replay harmless.
+
+        The flush is taken as of now: the envelopes applied so far, the metas as they are, the keys
+        dirty now. The metas, totals and tombstones are written at once; the dirty states are
+        serialised in slices by the flush's task (_serialise_then_deliver) while the agent goes on
+        (``at_once``: all of them now), and a key the agent is about to change is serialised first
+        (_serialise_before_change), so every state written is the state as of the flush, whatever
+        happened meanwhile: it matches the metas and acknowledgements beside it exactly.
         """
         failed = self._delivery
         if failed is not None and failed.done() and not failed.cancelled() and failed.exception() is not None:
             raise failed.exception()
         async with self._flush_lock:  # one flush at a time: a key's changelog records stay in order
+            self._serialise_some(None)  # the previous flush's rest (callers start none before it is done)
             t0 = time.perf_counter()
             cache = self.cache
+            records, self._pending_writes = self._pending_writes, []  # memory, priors: written meanwhile
             writes = self._table_writes
             garbage, self._ids_garbage = self._ids_garbage, []
             for ckey, part in garbage:  # chunks compacted away by the previous flush, now delivered
-                writes(self.items, ckey, None, None, part)
-            for key in self.dirty_items:
-                if key not in self.deleted:
-                    st = cache[key]
-                    if type(st) is UserSessions:  # a user's ids live and go with its sessions: small
-                        writes(self.items, key.encode(), None, orjson.dumps(st.to_state()), self._partition(key))
-                    else:
-                        self._write_with_ids(key, st)
-            for key in self.deleted:
+                writes(self.items, ckey, None, None, part, records)
+            deleted = self.deleted
+            for key in deleted:
                 kb = key.encode()
                 rng = self._ids_range.pop(key, None)
                 part = self._partition(key)
                 if rng is not None:
                     self._ids_garbage.extend((chunk_key(kb, n), part) for n in range(*rng))
-                writes(self.items, kb, None, None, part)
+                writes(self.items, kb, None, None, part, records)
                 cache.pop(key, None)
             for key in self.dirty_totals:
                 st = cache[key]
@@ -471,34 +488,79 @@ class Worker:
                 top = self._published_top(key)  # what the item's latest close chose, else what was published
                 self.top_partners.pop(key, None)
                 self._replica_write(key.encode(), [a.n_item, st.primary_orders, a.n_view, a.n_cart, per_window, top],
-                                    self._partition(key))
-            state_records, self._pending_writes = self._pending_writes, []
+                                    self._partition(key), records)
+            meta_records: list[tuple] = []
             for p in self.dirty_metas:
                 meta = self.metas[p]
-                writes(self.meta, self.meta_keys[p], None, meta.to_bytes())
+                writes(self.meta, self.meta_keys[p], None, meta.to_bytes(), None, meta_records)
                 t = meta.session_totals
-                self._replica_write(self.session_keys[p], [t.view_sessions, t.cart_sessions])
-            meta_records, self._pending_writes = self._pending_writes, []
-            self.deleted.clear()
+                self._replica_write(self.session_keys[p], [t.view_sessions, t.cart_sessions], None, meta_records)
+            unserialised = self._unserialised
+            unserialised.update(dict.fromkeys(k for k in self.dirty_items if k not in deleted))
+            self._flush_records = records
+            deleted.clear()
             self.dirty_items.clear()
             self.dirty_totals.clear()
             self.dirty_metas.clear()
             events, self.unacked = self.unacked, []
             routed, self._routed_futures = self._routed_futures, []
             self._flushed_records = self.records_processed
-            self.last_flush = time.monotonic()
-            cost = time.perf_counter() - t0
-            self._flush_gap_s = max(self.flush_interval_s, FLUSH_COST_FACTOR * cost)
-            self.metrics.items_tracked.set(len(cache))
-            self.metrics.stage.labels("flush").observe(cost)
+            self._flush_cost = time.perf_counter() - t0
+            if at_once:
+                self._serialise_some(None)
             # Delivery runs beside the agent, which goes on applying envelopes (their state is in
             # memory, written by the next flush). Deliveries go one after another, so a key's
             # changelog records keep their order; at most one waits behind the one under way.
             prev = self._delivery
-            self._delivery = asyncio.ensure_future(self._deliver(prev, state_records, meta_records, events, routed,
-                                                                 self._rows_queued))
+            self._delivery = asyncio.ensure_future(self._serialise_then_deliver(
+                prev, records, meta_records, events, routed, self._rows_queued))
         if prev is not None and not prev.done():
             await prev
+
+    def _serialise_some(self, budget_s: float | None) -> None:
+        """Serialise states of the flush under way for about ``budget_s`` seconds (None: all of them)."""
+        todo = self._unserialised
+        if not todo:
+            return
+        t0 = time.perf_counter()
+        end = None if budget_s is None else t0 + budget_s
+        serialise, records = self._serialise_key, self._flush_records
+        while todo:
+            serialise(todo.popitem()[0], records)
+            if end is not None and time.perf_counter() >= end:
+                break
+        self._flush_cost += time.perf_counter() - t0
+
+    def _serialise_before_change(self, key: str) -> None:
+        """Serialise a key of the flush under way now, as it is, before the caller changes it."""
+        del self._unserialised[key]
+        t0 = time.perf_counter()
+        self._serialise_key(key, self._flush_records)
+        self._flush_cost += time.perf_counter() - t0
+
+    def _serialise_key(self, key: str, out: list) -> None:
+        st = self.cache[key]
+        if type(st) is UserSessions:  # a user's ids live and go with its sessions: small
+            self._table_writes(self.items, key.encode(), None, orjson.dumps(st.to_state()), self._partition(key), out)
+        else:
+            self._write_with_ids(key, st, out)
+
+    async def _serialise_then_deliver(self, prev, records: list, meta_records: list, events: list,
+                                      routed: list, rows_queued: int) -> None:
+        """A flush's task: serialise its states in slices (giving way to a closing step, whose latency
+        is the signals'), then deliver them."""
+        while self._unserialised:
+            if self._closing:
+                await asyncio.sleep(CLOSE_SLICE_S / 10)
+                continue
+            self._serialise_some(FLUSH_SLICE_S)
+            await asyncio.sleep(0)
+        cost = self._flush_cost
+        self.last_flush = time.monotonic()
+        self._flush_gap_s = max(self.flush_interval_s, FLUSH_COST_FACTOR * cost)
+        self.metrics.items_tracked.set(len(self.cache))
+        self.metrics.stage.labels("flush").observe(cost)
+        await self._deliver(prev, records, meta_records, events, routed, rows_queued)
 
     async def _deliver(self, prev, state_records: list, meta_records: list, events: list, routed: list = (),
                        rows_queued: int = 0) -> None:
@@ -559,12 +621,12 @@ class Worker:
         if self._delivery is not None:
             await self._delivery
 
-    def _replica_write(self, key: bytes, value: list, partition: int | None = None) -> None:
+    def _replica_write(self, key: bytes, value: list, partition: int | None = None, out: list | None = None) -> None:
         self.totals.set_local(key, value)
-        self._pending_writes.append((self.totals.topic, key, orjson.dumps(value),
-                                     self._partition(key) if partition is None else partition))
+        (self._pending_writes if out is None else out).append(
+            (self.totals.topic, key, orjson.dumps(value), self._partition(key) if partition is None else partition))
 
-    def _write_with_ids(self, key: str, st) -> None:
+    def _write_with_ids(self, key: str, st, out: list) -> None:
         """Queue an item's or a category's state, its new dedupe ids in a chunk of their own first.
 
         The chunks go to the state's own changelog partition, before the state: a state on the broker
@@ -574,12 +636,12 @@ class Worker:
         part = self._partition(key)
         rng, chunks, garbage = plan_ids_write(st.seen, st.ids_persisted, self._ids_range.get(key))
         for n, ids in chunks:
-            self._table_writes(self.items, chunk_key(kb, n), None, orjson.dumps(ids), part)
+            self._table_writes(self.items, chunk_key(kb, n), None, orjson.dumps(ids), part, out)
         if garbage:
             self._ids_garbage.extend((chunk_key(kb, n), part) for n in garbage)
         self._ids_range[key] = rng
         st.ids_persisted = len(st.seen)
-        self._table_writes(self.items, kb, None, st.to_json(ids=rng), part)
+        self._table_writes(self.items, kb, None, st.to_json(ids=rng), part, out)
 
     def _with_ids(self, key: str, doc: dict) -> tuple[dict, bool]:
         """A stored item or category state with its dedupe ids read back from their chunks; and whether
@@ -596,8 +658,10 @@ class Worker:
             return doc, False
         return {**doc, "seen": ids}, True
 
-    def _table_writes(self, table, key: bytes, value, raw: bytes | None, partition: int | None = None) -> None:
-        """Set a key in a table's local store and queue its changelog record (None: delete).
+    def _table_writes(self, table, key: bytes, value, raw: bytes | None, partition: int | None = None,
+                      out: list | None = None) -> None:
+        """Set a key in a table's local store and queue its changelog record (None: delete) in ``out``,
+        else for the next flush.
 
         Faust's own ``table[key] = value`` sends each changelog record through its producer
         buffer one at a time (about 215 us a record here, see docs/design.md); a flush writes
@@ -612,33 +676,39 @@ class Worker:
         topic = self._changelog_names.get(id(table))
         if topic is None:  # fixed for the app's lifetime; Faust derives it again on every call
             topic = self._changelog_names[id(table)] = table.changelog_topic.get_topic_name()
-        self._pending_writes.append((topic, key, raw, self._partition(key) if partition is None else partition))
+        (self._pending_writes if out is None else out).append(
+            (topic, key, raw, self._partition(key) if partition is None else partition))
 
     def _state(self, key: str):
         """The state behind a key: ItemState, or UserSessions (``user:``), or CategoryState (``category:``)."""
         st = self.cache.get(key)
-        if st is None:
-            raw = _store(self.items).get(key.encode())
-            if key.startswith(USER_KEY_PREFIX):
-                st = UserSessions.from_state(orjson.loads(raw)) if raw else UserSessions(key)
+        if st is not None:
+            if key in self._unserialised:
+                self._serialise_before_change(key)
+            return st
+        raw = _store(self.items).get(key.encode())
+        if key.startswith(USER_KEY_PREFIX):
+            st = UserSessions.from_state(orjson.loads(raw)) if raw else UserSessions(key)
+        else:
+            if raw:
+                doc, complete = self._with_ids(key, orjson.loads(raw))
+            if key.startswith(CATEGORY_KEY_PREFIX):
+                st = CategoryState.from_state(doc) if raw else CategoryState(
+                    key[len(CATEGORY_KEY_PREFIX):], new_windows=self.thresholds.new_item_windows)
             else:
-                if raw:
-                    doc, complete = self._with_ids(key, orjson.loads(raw))
-                if key.startswith(CATEGORY_KEY_PREFIX):
-                    st = CategoryState.from_state(doc) if raw else CategoryState(
-                        key[len(CATEGORY_KEY_PREFIX):], new_windows=self.thresholds.new_item_windows)
-                else:
-                    st = ItemState.from_state(doc) if raw else ItemState(
-                        key, assoc=ItemAssociations(key, window_ms=self.cfg.size_ms, keep_windows=RECENT_WINDOWS,
-                                                    owner_prunes=True))
-                if raw and complete:
-                    st.ids_persisted = len(st.seen)
-            if len(self.cache) >= CACHE_MAX_ITEMS:
-                # Evict clean entries only; dirty ones are written at the next flush.
-                for k in [k for k in list(self.cache)[: CACHE_MAX_ITEMS // 5] if k not in self.dirty_items]:
-                    del self.cache[k]
-                    self._ids_range.pop(k, None)
-            self.cache[key] = st
+                st = ItemState.from_state(doc) if raw else ItemState(
+                    key, assoc=ItemAssociations(key, window_ms=self.cfg.size_ms, keep_windows=RECENT_WINDOWS,
+                                                owner_prunes=True))
+            if raw and complete:
+                st.ids_persisted = len(st.seen)
+        if len(self.cache) >= CACHE_MAX_ITEMS:
+            # Evict clean entries only: dirty ones, and those the flush under way has yet to write, are written by a flush.
+            unserialised = self._unserialised
+            for k in [k for k in list(self.cache)[: CACHE_MAX_ITEMS // 5]
+                      if k not in self.dirty_items and k not in unserialised]:
+                del self.cache[k]
+                self._ids_range.pop(k, None)
+        self.cache[key] = st
         return st
 
     def peek(self, key: str):
@@ -671,7 +741,7 @@ class Worker:
         wm_before = meta.watermark
         counted: dict[tuple, int] = {}  # (topic, outcome) -> events: metrics once per envelope
         pending_sets: dict[int, tuple] = {}  # window start -> (meta.pending sets of it and of its dormancy check)
-        cache, state_of, deleted = self.cache, self._state, self.deleted
+        cache, state_of, deleted, unserialised = self.cache, self._state, self.deleted, self._unserialised
         dirty_totals, session_cfg, size_ms = self.dirty_totals, self.session_cfg, cfg.size_ms
         # A routed record's key is owned by the envelope's partition, which is also the partition of
         # the key's changelog records (one partitioner, murmur2 of the key): remembered for the flush,
@@ -698,6 +768,8 @@ class Worker:
             if st is None:
                 st = state_of(key)
                 remember_partition(key, partition)
+            elif unserialised and key in unserialised:
+                self._serialise_before_change(key)
             kind = type(st)
             if rk == "s":
                 # A closed session, from its user's owner: never late (it carries the close time).
@@ -769,7 +841,7 @@ class Worker:
         cfg = self.cfg
         size_ms = cfg.size_ms
         cache, state_of, remember_partition = self.cache, self._state, self._partition.remember
-        dirty, deleted, cold_start = self.dirty_items, self.deleted, self._cold_start
+        dirty, deleted, cold_start, unserialised = self.dirty_items, self.deleted, self._cold_start, self._unserialised
         n_accepted = n_duplicate = 0
         late = []
         for j, (key, rid, ts, category, event, price) in enumerate(zip(block["i"], block["id"], block["t"],
@@ -778,6 +850,8 @@ class Worker:
             if st is None:
                 st = state_of(key)
                 remember_partition(key, partition)
+            elif unserialised and key in unserialised:
+                self._serialise_before_change(key)
             if ts < late_before:
                 late.append(j)
                 continue
@@ -825,13 +899,15 @@ class Worker:
         the loop of :meth:`_apply_envelope` applies its record (none counts its event)."""
         session_cfg = self.session_cfg
         cache, state_of, remember_partition = self.cache, self._state, self._partition.remember
-        dirty, deleted, due_push = self.dirty_items, self.deleted, meta.due.push
+        dirty, deleted, due_push, unserialised = self.dirty_items, self.deleted, meta.due.push, self._unserialised
         for key, rid, ts, item, event, price, session in zip(block["K"], block["id"], block["t"], block["i"],
                                                              block["e"], block["p"], block["s"]):
             st = cache.get(key)
             if st is None:
                 st = state_of(key)
                 remember_partition(key, partition)
+            elif unserialised and key in unserialised:
+                self._serialise_before_change(key)
             if ts < late_before:
                 continue
             outcome = st.apply_click(rid, ts, session, event, item, price, session_cfg)
@@ -906,6 +982,19 @@ class Worker:
             return
         as_of = _AsOf(self, ready[0])
         priors: dict[bytes, dict] = {}
+        self._closing = True
+        try:
+            if not await self._close_windows(ready, cat_steps, metas, as_of, priors, consumed_at):
+                return
+        finally:
+            self._closing = False
+        for pkey, doc in priors.items():  # replicated once per step, not once per window
+            self._replica_write(pkey, doc)
+
+    async def _close_windows(self, ready: list, cat_steps: dict, metas: list, as_of: "_AsOf", priors: dict,
+                             consumed_at: float) -> bool:
+        """_close_ready's closing step: the windows ``ready``, in order; False if it was abandoned."""
+        cfg = self.cfg
         slice_end = time.monotonic() + CLOSE_SLICE_S
         generation = self._generation
         for w in ready:
@@ -929,7 +1018,7 @@ class Worker:
                     closed = []
                     if time.monotonic() >= slice_end:
                         if not await self._yield_in_step(generation):
-                            return
+                            return False
                         slice_end = time.monotonic() + CLOSE_SLICE_S
             if closed:
                 self._decide_closed(closed, as_of, consumed_at)
@@ -941,10 +1030,9 @@ class Worker:
                 meta.pending.pop(w, None)
             if time.monotonic() >= slice_end:
                 if not await self._yield_in_step(generation):
-                    return
+                    return False
                 slice_end = time.monotonic() + CLOSE_SLICE_S
-        for pkey, doc in priors.items():  # replicated once per step, not once per window
-            self._replica_write(pkey, doc)
+        return True
 
     def _hold_ahead(self, partition: int) -> None:
         """Pause fetching an owned routed partition whose watermark runs more than max_ahead_windows
