@@ -36,7 +36,7 @@ class _Signals:
         self.send_soon(key, value)
 
 
-def _started(worker):
+def _keeping_flushes(worker):
     """A never-started worker made to own the three partitions and to keep each flush's records."""
     worker._owned_parts = [0, 1, 2]
     worker.signals_topic = _Signals()
@@ -90,7 +90,7 @@ def _flush_both_ways(messages, watermarks, split, steps):
     envelopes = _envelopes(messages, watermarks)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    at_once, sliced = _started(_worker()), _started(_worker())
+    at_once, sliced = _keeping_flushes(_worker()), _keeping_flushes(_worker())
     slice_s = pipeline.FLUSH_SLICE_S
     pipeline.FLUSH_SLICE_S = 0.0  # a slice serialises one key: the agent interleaves between any two
     try:
