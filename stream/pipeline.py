@@ -520,11 +520,12 @@ class Worker:
         if prev is not None and not prev.done():
             await prev
 
-    def _serialise_some(self, budget_s: float | None) -> None:
-        """Serialise states of the flush under way for about ``budget_s`` seconds (None: all of them)."""
+    def _serialise_some(self, budget_s: float | None) -> float:
+        """Serialise states of the flush under way for about ``budget_s`` seconds (None: all of them);
+        the seconds it took."""
         todo = self._unserialised
         if not todo:
-            return
+            return 0.0
         t0 = time.perf_counter()
         end = None if budget_s is None else t0 + budget_s
         serialise, records = self._serialise_key, self._flush_records
@@ -532,7 +533,9 @@ class Worker:
             serialise(todo.popitem()[0], records)
             if end is not None and time.perf_counter() >= end:
                 break
-        self._flush_cost += time.perf_counter() - t0
+        spent = time.perf_counter() - t0
+        self._flush_cost += spent
+        return spent
 
     def _serialise_before_change(self, key: str) -> None:
         """Serialise a key of the flush under way now, as it is, before the caller changes it."""
@@ -560,9 +563,7 @@ class Worker:
                     await asyncio.sleep(CLOSE_SLICE_S / 10)
                     continue
                 applied = self.envelopes_processed
-                t0 = time.monotonic()
-                self._serialise_some(FLUSH_SLICE_S)
-                spent = time.monotonic() - t0
+                spent = self._serialise_some(FLUSH_SLICE_S)
                 await asyncio.sleep(0)
                 if self.envelopes_processed != applied:
                     await asyncio.sleep(FLUSH_PAUSE_FACTOR * spent)
