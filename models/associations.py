@@ -900,29 +900,15 @@ def rank_associations(item_assoc: ItemAssociations, global_counts: Mapping[str, 
     return rows[:limit] if limit else rows
 
 
-def substitutes(item_assoc: ItemAssociations, global_counts: Mapping[str, int], n_total: int,
-                view_counts: Mapping[str, int] | None, n_view_total: int | None,
-                cart_counts: Mapping[str, int] | None = None, n_cart_total: int | None = None,
-                limit: int = 20, min_support_count: int = DEFAULT_MIN_SUPPORT_COUNT, window="all", *,
-                now_ms: int | None = None) -> list[dict]:
-    """Partners co-viewed / co-carted above chance but co-bought at or below chance.
-
-    Candidates: session partners with session co-count ``>= min_support_count``.
-    Rows: ``item_id, co_view, co_cart, view_lift, cart_lift, co_count`` (purchase
-    upper bound), ``lift`` (purchase lift on that upper bound), ``relation``
-    ("substitute"), ``exact``; strongest first by max session lift, then co-view count.
-    """
-    sess = _session_inputs(item_assoc, window, now_ms, view_counts, n_view_total, cart_counts, n_cart_total)
-    if not sess:
-        return []
+def _substitute_rows(item_assoc: ItemAssociations, global_counts: Mapping[str, int], n_total: int, sess,
+                     min_support_count: int, window, now_ms: int | None) -> list[dict]:
+    """:func:`substitutes`' rows, unsorted."""
     n_a = item_assoc.count("buy", window, now_ms)
     buy = item_assoc.counter("buy", window, now_ms)
     cands: dict[str, None] = {}
     for _k, ctr, _n, _c, _t in sess:
-        for p, cnt, _e in ctr.items():
-            if cnt < min_support_count:
-                break
-            cands[p] = None
+        # Unsorted: the rows' own order is total (item_id breaks ties), so the candidates' order is free.
+        cands.update(dict.fromkeys(ctr.counts_at_least(min_support_count)))
     rows = []
     for p in cands:
         ev = _session_evidence(p, sess)
@@ -942,6 +928,37 @@ def substitutes(item_assoc: ItemAssociations, global_counts: Mapping[str, int], 
         row["exact"] = exact
         rows.append(row)
     rows.sort(key=lambda r: (-max(r["view_lift"] or 0.0, r["cart_lift"] or 0.0), -r["co_view"], r["item_id"]))
+    return rows
+
+
+def _homogeneity_of(subs: list[dict], sess) -> float:
+    total = sum(ctr.total for _k, ctr, _n, _c, _t in sess)
+    if total <= 0:
+        return 0.0
+    mass = 0
+    for r in subs:
+        for kind, ctr, _n, _c, _t in sess:
+            cnt, err = ctr.get(r["item_id"])
+            mass += cnt - err  # lower bound: never overstate crowding
+    return max(0.0, min(1.0, mass / total))
+
+
+def substitutes(item_assoc: ItemAssociations, global_counts: Mapping[str, int], n_total: int,
+                view_counts: Mapping[str, int] | None, n_view_total: int | None,
+                cart_counts: Mapping[str, int] | None = None, n_cart_total: int | None = None,
+                limit: int = 20, min_support_count: int = DEFAULT_MIN_SUPPORT_COUNT, window="all", *,
+                now_ms: int | None = None) -> list[dict]:
+    """Partners co-viewed / co-carted above chance but co-bought at or below chance.
+
+    Candidates: session partners with session co-count ``>= min_support_count``.
+    Rows: ``item_id, co_view, co_cart, view_lift, cart_lift, co_count`` (purchase
+    upper bound), ``lift`` (purchase lift on that upper bound), ``relation``
+    ("substitute"), ``exact``; strongest first by max session lift, then co-view count.
+    """
+    sess = _session_inputs(item_assoc, window, now_ms, view_counts, n_view_total, cart_counts, n_cart_total)
+    if not sess:
+        return []
+    rows = _substitute_rows(item_assoc, global_counts, n_total, sess, min_support_count, window, now_ms)
     return rows[:limit] if limit else rows
 
 
@@ -957,18 +974,22 @@ def homogeneity(item_assoc: ItemAssociations, global_counts: Mapping[str, int], 
     0 = shoppers who look at this item look at nothing interchangeable;
     1 = everything they look at alongside it is a substitute.
     """
+    return substitutes_and_homogeneity(item_assoc, global_counts, n_total, view_counts, n_view_total, cart_counts,
+                                       n_cart_total, min_support_count, window, now_ms=now_ms)[1]
+
+
+def substitutes_and_homogeneity(item_assoc: ItemAssociations, global_counts: Mapping[str, int], n_total: int,
+                                view_counts: Mapping[str, int] | None, n_view_total: int | None,
+                                cart_counts: Mapping[str, int] | None = None, n_cart_total: int | None = None,
+                                min_support_count: int = DEFAULT_MIN_SUPPORT_COUNT, window="all", *,
+                                now_ms: int | None = None) -> tuple[list[dict], float]:
+    """``(substitutes(..., limit=0), homogeneity(...))`` from one pass over the partners (a decision needs
+    both, and the rows were the cost of each)."""
     sess = _session_inputs(item_assoc, window, now_ms, view_counts, n_view_total, cart_counts, n_cart_total)
-    total = sum(ctr.total for _k, ctr, _n, _c, _t in sess)
-    if total <= 0:
-        return 0.0
-    subs = substitutes(item_assoc, global_counts, n_total, view_counts, n_view_total, cart_counts,
-                       n_cart_total, limit=0, min_support_count=min_support_count, window=window, now_ms=now_ms)
-    mass = 0
-    for r in subs:
-        for kind, ctr, _n, _c, _t in sess:
-            cnt, err = ctr.get(r["item_id"])
-            mass += cnt - err  # lower bound: never overstate crowding
-    return max(0.0, min(1.0, mass / total))
+    if not sess:
+        return [], 0.0
+    rows = _substitute_rows(item_assoc, global_counts, n_total, sess, min_support_count, window, now_ms)
+    return rows, _homogeneity_of(rows, sess)
 
 
 def bundle_candidates(item_assoc: ItemAssociations, global_counts: Mapping[str, int], n_total: int,

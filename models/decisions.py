@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from launchpulse.schemas.validate import format_ts
 
-from .associations import ItemAssociations, homogeneity, substitutes
+from .associations import ItemAssociations, substitutes_and_homogeneity
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,11 +509,8 @@ def neighbourhood_evidence(assoc: ItemAssociations, item_orders: Mapping[str, in
     item's ``assoc.n_view`` / ``assoc.n_cart``), ``n_view_sessions`` / ``n_cart_sessions``: sessions
     with any view / cart (:class:`~.sessions.SessionTotals`).
     """
-    kw = {"min_support_count": th.homogeneity_min_co_count, "window": window, "now_ms": now_ms}
-    subs = substitutes(assoc, item_orders, n_orders, view_counts, n_view_sessions, cart_counts, n_cart_sessions,
-                       limit=0, **kw)
-    h = homogeneity(assoc, item_orders, n_orders, view_counts, n_view_sessions, cart_counts, n_cart_sessions, **kw) \
-        if subs else 0.0
+    subs, h = substitutes_and_homogeneity(assoc, item_orders, n_orders, view_counts, n_view_sessions, cart_counts,
+                                          n_cart_sessions, th.homogeneity_min_co_count, window, now_ms=now_ms)
     return NeighbourhoodEvidence(assoc.item_id, h, tuple(subs), assoc.count("view", window, now_ms),
                                  assoc.count("cart", window, now_ms))
 

@@ -25,6 +25,7 @@ from launchpulse.models.associations import (
     rank_associations,
     rule_metrics,
     substitutes,
+    substitutes_and_homogeneity,
 )
 
 # ---------------------------------------------------------------------------
@@ -379,6 +380,78 @@ def _scenario():
         if "milk" in v:
             milk.learn_session("view", sorted(v - {"milk"}), i)
     return milk, counts, N, views, S
+
+
+def _substitutes_reference(a, counts, n_total, sess_counts, min_support_count):
+    """substitutes(limit=0) and homogeneity written plainly: every session partner, largest count first."""
+    n_a = a.count("buy")
+    buy = a.counter("buy")
+    sess = [(k, a.counter(k), a.count(k), c, t) for k, (c, t) in sess_counts.items() if c is not None and t]
+    cands = []
+    for _k, ctr, _n, _c, _t in sess:
+        for p, cnt, _e in ctr.items():
+            if cnt >= min_support_count and p not in cands:
+                cands.append(p)
+    rows = []
+    for p in cands:
+        ev = []
+        for _k, ctr, n_k, c, t in sess:
+            cnt, err = ctr.get(p)
+            ev.append((cnt - err, n_k, min(max(int(c.get(p, 0)), cnt), t), t))
+        b_cnt, b_err = buy.get(p)
+        n_c = min(max(int(counts.get(p, 0)), 1), max(n_total, 1))
+        hi = min(b_cnt, n_a, n_c)
+        if A.classify_relation(max(0, b_cnt - b_err), hi, n_a, n_c, n_total, ev) == "substitute":
+            lifts = [A._lift(lo, sa, sc, st_) for lo, sa, sc, st_ in ev]
+            rows.append((-max(lifts), -a.counter("view").get(p)[0] if "view" in sess_counts else 0, p))
+    rows.sort()
+    total = sum(ctr.total for _k, ctr, _n, _c, _t in sess)
+    mass = sum(ctr.get(p)[0] - ctr.get(p)[1] for *_, p in rows for _k, ctr, _n, _c, _t in sess)
+    return [p for *_, p in rows], (max(0.0, min(1.0, mass / total)) if total > 0 else 0.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), min_support_count=st.sampled_from([2, 5, 10, 12]),
+       capacity=st.sampled_from([8, 64]))
+def test_substitutes_and_homogeneity_match_a_plain_reading(seed, min_support_count, capacity):
+    """One pass gives what substitutes() and homogeneity() give, and both match the plain reading above:
+    candidates taken from the partner index (unsorted) or by a scan below HEAVY_COUNT, evictions included."""
+    rng = random.Random(seed)
+    pool = [f"p{i}" for i in range(30)]
+    near = pool[: rng.randint(2, 8)]  # looked at with "a", bought with it at most by chance: substitutes
+    p_near = rng.uniform(0.2, 0.7)
+    a = ItemAssociations("a", capacity=capacity, session_capacity=capacity)
+    counts, views, carts = collections.Counter(), collections.Counter(), collections.Counter()
+    n_total = 0
+    for i in range(400):
+        if rng.random() < 0.3:
+            basket = set(rng.sample(pool[10:], rng.randint(0, 4)))
+            a.learn_basket(sorted(basket), ts_ms=i)
+            basket.add("a")
+        else:
+            basket = set(rng.sample(pool, rng.randint(0, 4)))
+        counts.update(basket)
+        n_total += 1
+        for kind, seen, p_with in (("view", views, 0.5), ("cart", carts, 0.2)):
+            if i < 100:  # a long tail first: the near partners come in later, after evictions (error > 0)
+                tail = {f"t{rng.randrange(200)}" for _ in range(rng.randint(0, 3))}
+                a.learn_session(kind, sorted(tail), ts_ms=i)
+                seen.update(tail | {"a"})
+            if rng.random() < p_with:
+                s = {p for p in near if rng.random() < p_near} | set(rng.sample(pool, rng.randint(0, 2)))
+                a.learn_session(kind, sorted(s), ts_ms=i)
+                s.add("a")
+            else:
+                s = {p for p in near if rng.random() < 0.1} | set(rng.sample(pool, rng.randint(0, 2)))
+            seen.update(s)
+    S = 400
+    subs, h = substitutes_and_homogeneity(a, counts, n_total, views, S, carts, S, min_support_count)
+    assert subs == substitutes(a, counts, n_total, views, S, carts, S, limit=0, min_support_count=min_support_count)
+    assert h == homogeneity(a, counts, n_total, views, S, carts, S, min_support_count=min_support_count)
+    ref_ids, ref_h = _substitutes_reference(a, counts, n_total, {"view": (views, S), "cart": (carts, S)},
+                                            min_support_count)
+    assert [r["item_id"] for r in subs] == ref_ids
+    assert h == pytest.approx(ref_h, abs=0, rel=1e-12)
 
 
 def test_relations_and_signals():
