@@ -106,7 +106,7 @@ async def replay(args) -> dict:
     t_ingest = time.perf_counter() - t0
 
     # State, closing, flush and scoring, as the agent, the flush timer and the scorer task run them.
-    t_apply = t_close = t_flush = t_score = 0.0
+    t_apply = t_close = t_ahead = t_flush = t_score = 0.0
     prof = cProfile.Profile() if args.profile else None
     if prof:
         prof.enable()
@@ -118,8 +118,13 @@ async def replay(args) -> dict:
         t2 = time.perf_counter()
         await worker._close_ready(worker._consumed_at)
         t3 = time.perf_counter()
+        worker._start_learning_ahead()  # the running worker does it in the grace period, between envelopes
+        if worker._learning_ahead is not None:
+            await worker._learning_ahead
+        t_ahead += time.perf_counter() - t3
         t_apply += t2 - t1
         t_close += t3 - t2
+        t3 = time.perf_counter()
         if t3 - last_flush >= worker.flush_interval_s:
             await worker._flush(at_once=True)  # the running worker serialises in slices: the same CPU
             last_flush = time.perf_counter()
@@ -137,9 +142,9 @@ async def replay(args) -> dict:
         prof.dump_stats(args.profile)
     return {"events": len(events), "records": worker.records_processed, "envelopes": len(envelopes),
             "windows_closed": worker.metrics.windows_closed._value.get(), "t_ingest": t_ingest,
-            "t_apply": t_apply, "t_close": t_close, "t_flush": t_flush, "t_score": t_score, "t_stages": t_stages,
+            "t_apply": t_apply, "t_close": t_close, "t_ahead": t_ahead, "t_flush": t_flush, "t_score": t_score, "t_stages": t_stages,
             "signals": sum(signals.types.values()), "by_type": dict(sorted(signals.types.items())),
-            "digest": signals.digest(), "changelog": dict(UNSENT)}
+            "digest": signals.digest(), "changelog": dict(UNSENT), "learnt_ahead": worker.items_learnt_ahead}
 
 
 def main() -> int:
@@ -158,6 +163,7 @@ def main() -> int:
     print(f"ingest (parse, validate, pseudonymise, route, pack): {r['t_ingest']:6.2f} s")
     print(f"apply envelopes:                                     {r['t_apply']:6.2f} s")
     print(f"close windows and decide on them (features, as-of):  {r['t_close']:6.2f} s")
+    print(f"learn ahead (trend models, before windows close):   {r['t_ahead']:6.2f} s ({r['learnt_ahead']:,} items)")
     print(f"flush (serialise dirty states, totals, metas):       {r['t_flush']:6.2f} s")
     print(f"score and decide (scorer, rules, memory):            {r['t_score']:6.2f} s")
     print(f"changelog records the flushes queued:               {r['changelog']['records']:,} "

@@ -902,13 +902,15 @@ def rank_associations(item_assoc: ItemAssociations, global_counts: Mapping[str, 
 
 def _substitute_rows(item_assoc: ItemAssociations, global_counts: Mapping[str, int], n_total: int, sess,
                      min_support_count: int, window, now_ms: int | None) -> list[dict]:
-    """:func:`substitutes`' rows, unsorted."""
-    n_a = item_assoc.count("buy", window, now_ms)
-    buy = item_assoc.counter("buy", window, now_ms)
+    """:func:`substitutes`' rows, strongest first."""
     cands: dict[str, None] = {}
     for _k, ctr, _n, _c, _t in sess:
         # Unsorted: the rows' own order is total (item_id breaks ties), so the candidates' order is free.
         cands.update(dict.fromkeys(ctr.counts_at_least(min_support_count)))
+    if not cands:
+        return []  # most items at a live boundary: nothing co-viewed often enough yet
+    n_a = item_assoc.count("buy", window, now_ms)
+    buy = item_assoc.counter("buy", window, now_ms)
     rows = []
     for p in cands:
         ev = _session_evidence(p, sess)

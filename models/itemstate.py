@@ -94,6 +94,46 @@ class ClosedWindow:
     orders_through: float = 0.0  # orders holding the item in every window up to this one's end
 
 
+@dataclass(slots=True, frozen=True)
+class LearntAhead:
+    """What closing the window ``start`` does to an item's trend models, worked out on copies of them
+    before it closes (:meth:`ItemState.learn_ahead`). Used by the close only if the window's counts
+    and the models are still those it was worked out from (a model changes only by learning, which
+    counts its windows, or by being replaced)."""
+
+    start: int
+    counts: tuple  # the window's counts it learnt
+    trend_was: TrendModel  # the models it started from, and their windows learnt then
+    trend_n: int
+    series_was: tuple  # ((name, model, n), ...)
+    trend: TrendModel  # the models after learning the window
+    series: dict
+    before_fc: float | None  # the one-step forecast made before learning the window
+    forecast: list | None
+    slope: float | None
+    burst: bool
+
+    def holds(self, st: "ItemState", start: int, counts) -> bool:
+        return (start == self.start and self.counts == tuple(counts) and st.trend is self.trend_was
+                and st.trend.n_seen == self.trend_n and len(st.series) == len(self.series_was)
+                and all(st.series.get(name) is m and m.n_seen == n for name, m, n in self.series_was))
+
+
+def _learn_window(trend: TrendModel, series: dict, counts) -> tuple:
+    """Learn one closed window with events into ``trend`` and ``series`` (in place); returns the
+    one-step forecast made before it, and the forecast, slope and burst after it."""
+    before_fc = trend.predict_one()
+    trend.learn_one(counts[4])
+    for name, j in SERIES.items():
+        m = series.get(name)
+        if m is None:
+            if not counts[j]:
+                continue
+            m = series[name] = series_model()
+        m.learn_one(counts[j])
+    return before_fc, trend.forecast(), trend.slope(), trend.burst()
+
+
 @dataclass(slots=True)
 class ItemState:
     item_id: str
@@ -134,6 +174,8 @@ class ItemState:
     trend: TrendModel = field(default_factory=TrendModel)
     series: dict = field(default_factory=dict)  # SERIES name -> TrendModel (views, carts, revenue)
     signal_memory: dict = field(default_factory=dict)  # signal type -> last window start it fired
+    # The trend models having learnt the next window before it closed (learn_ahead): derived, not state.
+    ahead: "LearntAhead | None" = field(default=None, repr=False, compare=False)
 
     # -- updates -------------------------------------------------------------------------
     def apply(self, rec: dict, cfg: WindowConfig) -> str:
@@ -338,17 +380,14 @@ class ItemState:
                 continue
             self.idle_run = 0
             y = counts[4]
-            # The one-step forecast made before this window closed, to score the trend online.
-            before_fc = self.trend.predict_one()
-            self.trend.learn_one(y)
-            series = self.series
-            for name, j in SERIES.items():
-                m = series.get(name)
-                if m is None:
-                    if not counts[j]:
-                        continue
-                    m = series[name] = series_model()
-                m.learn_one(counts[j])
+            ahead = self.ahead
+            if ahead is not None and ahead.holds(self, start, counts):
+                self.trend, self.series = ahead.trend, ahead.series
+                before_fc, fc, slope, burst = ahead.before_fc, ahead.forecast, ahead.slope, ahead.burst
+            else:
+                # before_fc: the one-step forecast made before this window closed, to score the trend online.
+                before_fc, fc, slope, burst = _learn_window(self.trend, self.series, counts)
+            self.ahead = None
             before = self.closed_totals
             self.closed_totals = [a + b for a, b in zip(before, counts)]
             ec, n_sessions = 0, 0
@@ -362,14 +401,54 @@ class ItemState:
             history = [list(windows.get(s, _ZERO)) for s in range(start - (cfg.keep_closed - 1) * size, start, size)
                        if s >= first_window]
             out.append(ClosedWindow(self.item_id, start, start + size, dict(zip(COUNTERS, counts)), history, self,
-                                    self.trend.forecast(), self.trend.slope(), self.trend.burst(),
-                                    dict(zip(COUNTERS, before)), self.n_closed,
+                                    fc, slope, burst, dict(zip(COUNTERS, before)), self.n_closed,
                                     None if before_fc is None else abs(before_fc - y),
                                     self.stock_remaining_at(start, cfg), ec / 1e6, n_sessions, self.closed_totals[6]))
             start += size
         if self.closed_through != closed_before:
             self._prune(cfg, watermark_ms)
         return out
+
+    def learn_ahead(self, cfg: WindowConfig, window_start: int) -> bool:
+        """Work out what closing the window ``window_start`` will do to the trend models, on copies, so
+        that the close itself only checks and swaps them in (:meth:`close_windows`); True if done.
+
+        For the window the item closes next, when it has events and nothing is silent before it. A
+        window's end passes a grace period before it closes (late events are still counted then):
+        learning ahead uses that time, and the close finds the result unless the window's counts or
+        the models changed meanwhile, in which case it learns the window itself. Either way the models
+        come out the same.
+
+        >>> cfg = WindowConfig(size_ms=10, grace_ms=5)
+        >>> a, b = ItemState("x"), ItemState("x")
+        >>> for st in (a, b):
+        ...     for t in (1, 2, 13, 24, 25):
+        ...         _ = st.apply_click(f"e{t}", t, "view", None, None, cfg)
+        >>> a.learn_ahead(cfg, 20), a.learn_ahead(cfg, 10)  # (window 0 closes next)
+        (False, False)
+        >>> _ = a.close_windows(cfg, 25), b.close_windows(cfg, 25)  # windows 0 and 10 close
+        >>> a.learn_ahead(cfg, 20), a.ahead.start
+        (True, 20)
+        >>> _ = a.apply_click("late", 29, "view", None, None, cfg)  # within the grace: the counts move
+        >>> _ = b.apply_click("late", 29, "view", None, None, cfg)
+        >>> [w.trend_forecast for w in a.close_windows(cfg, 35)] == [w.trend_forecast for w in b.close_windows(cfg, 35)]
+        True
+        >>> a.ahead is None and a.to_state() == b.to_state()
+        True
+        """
+        if self.first_seen is None:
+            return False
+        start = cfg.start_of(self.first_seen) if self.closed_through is None else self.closed_through + cfg.size_ms
+        counts = self.windows.get(start)
+        if start != window_start or counts is None:
+            return False
+        trend = self.trend.copy()
+        series = {name: m.copy() for name, m in self.series.items()}
+        before_fc, fc, slope, burst = _learn_window(trend, series, counts)
+        self.ahead = LearntAhead(start, tuple(counts), self.trend, self.trend.n_seen,
+                                 tuple((name, m, m.n_seen) for name, m in self.series.items()),
+                                 trend, series, before_fc, fc, slope, burst)
+        return True
 
     def _prune(self, cfg: WindowConfig, watermark_ms: int) -> None:
         keep_from = self.closed_through - (cfg.keep_closed - 1) * cfg.size_ms

@@ -112,6 +112,14 @@ FLUSH_COST_FACTOR = 10
 # done in one go it held every window closing behind it (docs/design.md, the flush).
 FLUSH_SLICE_S = 0.01
 FLUSH_PAUSE_FACTOR = 2  # ... and while the agent is busy, at most a third of the worker's time
+# Between a window's end and its close (the grace period), the items of that window learn it into
+# copies of their trend models (ItemState.learn_ahead) in slices of about this long, with the flush's
+# pauses, so that the close, which sets the signals' latency, only checks and swaps the models in.
+LEARN_AHEAD_SLICE_S = 0.01
+# ... each followed, while envelopes keep coming, by a pause as long: half the worker at most. It has
+# the grace period to finish in (a live feed's boundary has about 17,000 items to learn, 0.9-1.2 s),
+# and what it has not learnt by the close, the close learns.
+LEARN_AHEAD_PAUSE_FACTOR = 1
 
 
 class Worker:
@@ -170,6 +178,9 @@ class Worker:
         self._flush_cost = 0.0
         self._serialising = False  # the flush under way is serialising (the next may not begin before)
         self._closing = False  # a closing step is under way: the flush's slices give way to it
+        self._learnt_ahead_through = -(1 << 62)  # the newest window learn-ahead was started for
+        self._learning_ahead: asyncio.Future | None = None
+        self.items_learnt_ahead = 0
         self._changelog_names: dict[int, str] = {}  # id(table) -> its changelog topic's name
         self._partition = Partitioner(s.state_partitions)  # a changelog key's partition (the default partitioner)
         self._delivery: asyncio.Future | None = None  # the latest flush's delivery and acknowledgements
@@ -338,6 +349,7 @@ class Worker:
         try:
             self._apply_envelope(partition, value)
             await self._close_ready(self._consumed_at)
+            self._start_learning_ahead()
             if self._ahead_ms:
                 self._hold_ahead(partition)
         except Exception as e:
@@ -1053,6 +1065,56 @@ class Worker:
                 slice_end = time.monotonic() + CLOSE_SLICE_S
         return True
 
+    def _start_learning_ahead(self) -> None:
+        """Once the closing watermark passes the end of a window (not yet its close: the grace period
+        is still to run), its items learn it ahead (_learn_ahead)."""
+        cfg = self.cfg
+        if not cfg.grace_ms or (self._learning_ahead is not None and not self._learning_ahead.done()):
+            return
+        closing = self._closing_watermark()
+        if closing is None:
+            return
+        ended = cfg.start_of(closing) - cfg.size_ms  # the newest window whose end the watermark passed
+        if ended <= max(self._learnt_ahead_through, self._closed_through):
+            return
+        self._learnt_ahead_through = ended
+        keys: dict[str, None] = {}
+        for meta in (self._meta(p) for p in self._owned()):
+            for w, ks in meta.pending.items():
+                if self._closed_through < w <= ended:
+                    keys.update(dict.fromkeys(ks))
+        if keys:
+            self._learning_ahead = asyncio.ensure_future(self._learn_ahead(ended, list(keys)))
+
+    async def _learn_ahead(self, ended: int, keys: list) -> None:
+        """Learn ahead (ItemState.learn_ahead) the window each of ``keys`` closes next, up to the window
+        ``ended``, in slices: the agent comes first (as with the flush's slices), a closing step stops it
+        (what is not learnt by then is learnt by the close), and so does a rebalance."""
+        generation = self._generation
+        cfg, cache = self.cfg, self.cache
+        i = 0
+        while i < len(keys):
+            if (self._closing or generation != self._generation or self._closed_through >= ended
+                    or self.app.should_stop):
+                return
+            applied = self.envelopes_processed
+            t0 = time.perf_counter()
+            end = t0 + LEARN_AHEAD_SLICE_S
+            while i < len(keys):
+                st = cache.get(keys[i])
+                i += 1
+                # (an item's first window is left to the close, which seeds its trend first: _seed_new_item)
+                if type(st) is ItemState and st.closed_through is not None:
+                    w = st.closed_through + cfg.size_ms
+                    if w <= ended and st.learn_ahead(cfg, w):
+                        self.items_learnt_ahead += 1
+                if not i % 32 and time.perf_counter() >= end:
+                    break
+            spent = time.perf_counter() - t0
+            await asyncio.sleep(0)
+            if self.envelopes_processed != applied:
+                await asyncio.sleep(LEARN_AHEAD_PAUSE_FACTOR * spent)
+
     def _hold_ahead(self, partition: int) -> None:
         """Pause fetching an owned routed partition whose watermark runs more than max_ahead_windows
         ahead of the closing watermark, and resume the paused ones once closing has caught up.
@@ -1474,6 +1536,8 @@ class Worker:
                              "pause_releases": worker.pause_releases,
                              # envelopes Faust never delivered, read back from the broker (_skipped_envelopes)
                              "envelopes_refetched": worker.envelopes_refetched,
+                             # items that learnt a window into their trend models before it closed
+                             "items_learnt_ahead": worker.items_learnt_ahead,
                              # the newest window closed (and decided) on this worker's partitions, by start
                              "windows_closed_through_ms": worker._closed_through if worker._closed_through >= 0 else None})
 

@@ -95,15 +95,15 @@ class _DeadLetters:
         self.values.append(orjson.loads(value))
 
 
-def _worker():
+def _worker(window_s: int = 1, grace_s: int = 0):
     import os
 
     from launchpulse.stream.pipeline import Worker
     from launchpulse.stream.settings import Settings
 
     old = dict(os.environ)
-    os.environ.update({"LAUNCHPULSE_PSEUDONYM_KEY": "blocks", "LAUNCHPULSE_WINDOW_SECONDS": "1",
-                       "LAUNCHPULSE_GRACE_SECONDS": "0"})
+    os.environ.update({"LAUNCHPULSE_PSEUDONYM_KEY": "blocks", "LAUNCHPULSE_WINDOW_SECONDS": str(window_s),
+                       "LAUNCHPULSE_GRACE_SECONDS": str(grace_s)})
     try:
         worker = Worker(Settings.from_env())  # its Faust app and tables are built, never started
     finally:

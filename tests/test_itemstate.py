@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from launchpulse.models.itemstate import ItemState, dormancy_check_window, series_model
+from launchpulse.models.itemstate import ItemState, LearntAhead, dormancy_check_window, series_model
 from launchpulse.models.trends import TrendModel
 from launchpulse.models.windows import ACCEPTED, DUPLICATE, WindowConfig
 
@@ -140,6 +140,85 @@ def test_models_written_from_their_cached_json_are_the_state_serialised(events, 
     st_.close_windows(CFG, wm + 10 * CFG.size_ms)  # dormant: the models start afresh
     assert orjson.dumps(st_.to_state(models_json=True)) == orjson.dumps(st_.to_state())
     assert st_.to_json() == orjson.dumps(st_.to_state(ids=False))
+
+
+def _closed_fields(cw) -> tuple:
+    return (cw.start_ms, cw.counts, cw.history, cw.trend_forecast, cw.trend_slope, cw.trend_burst, cw.totals_before,
+            cw.n_closed, cw.forecast_abs_error, cw.stock_remaining, cw.orders_through)
+
+
+@pytest.fixture
+def holds_calls(monkeypatch):
+    """What LearntAhead.holds answered, call by call: whether a close took what was learnt ahead."""
+    calls = []
+    holds = LearntAhead.holds
+
+    def recorded(self, st_, start, counts):
+        calls.append(holds(self, st_, start, counts))
+        return calls[-1]
+
+    monkeypatch.setattr(LearntAhead, "holds", recorded)
+    return calls
+
+
+@settings(max_examples=200, deadline=None)
+@given(events_strategy(), st.lists(st.sampled_from(["none", "ahead", "ahead-any", "fresh", "view"]), min_size=1),
+       st.integers(1, 5))
+def test_learning_ahead_changes_nothing(events, actions, close_every):
+    """An item that learns its next window ahead (ItemState.learn_ahead), at any moment, closes the same
+    windows to the same states as its twin that never does: late events in the grace, models replaced,
+    windows closed several at once, dormancy."""
+    a, b = ItemState("x"), ItemState("x")
+    pending: set[int] = set()
+    out_a, out_b = [], []
+    wm = 0
+    for i, (ts, oid, q) in enumerate(events):
+        act = actions[i % len(actions)]
+        if not CFG.is_late(ts, wm):
+            if a.apply(order_rec(oid, ts, q), CFG) == ACCEPTED:
+                assert b.apply(order_rec(oid, ts, q), CFG) == ACCEPTED
+                pending.add(CFG.start_of(ts))
+                pending.add(dormancy_check_window(CFG.start_of(ts), CFG))
+            if act == "view":
+                for st_ in (a, b):
+                    assert st_.apply_click("v" + oid, ts, "view", 1.0, None, CFG) in (ACCEPTED, DUPLICATE)
+        wm = max(wm, ts)
+        if act == "ahead":  # the window whose end the watermark passed last, as the worker does
+            a.learn_ahead(CFG, CFG.start_of(wm) - CFG.size_ms)
+        elif act == "ahead-any":
+            a.learn_ahead(CFG, CFG.start_of(ts))
+        elif act == "fresh":  # a model replaced (dormancy, a cold start) after learning ahead
+            a.trend, b.trend = a.trend.fresh(), b.trend.fresh()
+        if i % close_every == 0 and any(CFG.closable(s, wm) for s in pending):
+            pending = {s for s in pending if not CFG.closable(s, wm)}
+            out_a += [_closed_fields(cw) for cw in a.close_windows(CFG, wm)]
+            out_b += [_closed_fields(cw) for cw in b.close_windows(CFG, wm)]
+    for st_, out in ((a, out_a), (b, out_b)):
+        out += [_closed_fields(cw) for cw in st_.close_windows(CFG, wm + CFG.size_ms + CFG.grace_ms)]
+    assert out_a == out_b
+    assert orjson.dumps(a.to_state()) == orjson.dumps(b.to_state())
+    assert orjson.dumps(a.to_state(models_json=True)) == orjson.dumps(b.to_state())
+
+
+def test_learning_ahead_is_taken_unless_its_window_or_models_moved(holds_calls):
+    cfg = WindowConfig(size_ms=10, grace_ms=5)
+    a, b = ItemState("x"), ItemState("x")
+
+    def both(fn):
+        return fn(a), fn(b)
+
+    for t in range(0, 40):
+        both(lambda st_: st_.apply(order_rec(f"o{t}", t, 1 + t % 3), cfg))
+        both(lambda st_: st_.apply_click(f"v{t}", t, "view", 1.0, None, cfg))
+    both(lambda st_: st_.close_windows(cfg, 25))  # windows 0 and 10
+    assert a.learn_ahead(cfg, 20) and not a.learn_ahead(cfg, 30)  # only the window it closes next
+    out = both(lambda st_: [_closed_fields(cw) for cw in st_.close_windows(cfg, 35)])
+    assert out[0] == out[1] and holds_calls == [True]
+    assert a.learn_ahead(cfg, 30)
+    both(lambda st_: st_.apply(order_rec("late", 39, 5), cfg))  # in the window, within its grace
+    out = both(lambda st_: [_closed_fields(cw) for cw in st_.close_windows(cfg, 45)])
+    assert out[0] == out[1] and holds_calls == [True, False]
+    assert orjson.dumps(a.to_state()) == orjson.dumps(b.to_state())
 
 
 def test_duplicates_count_once_and_dormancy_drops_the_model():

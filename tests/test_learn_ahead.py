@@ -1,0 +1,96 @@
+"""Items learn a window into copies of their trend models between its end and its close (the grace
+period), and the close takes that result if nothing it was learnt from changed (ItemState.learn_ahead,
+Worker._learn_ahead). It must never change what the worker decides: two workers are given the same
+envelopes, one learning ahead after every envelope (all of it, or a part: the task stopped midway),
+the other never; both must send the same signals, write the same records and end in the same states.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from launchpulse.models.itemstate import LearntAhead
+from launchpulse.schemas import ClickEvent
+from launchpulse.stream import pipeline
+from test_click_blocks import ITEMS, _events, _worker
+from test_flush import _envelopes, _keeping_flushes
+
+SCALE = 10  # _events spreads times over 3,000 ms: here over three 10 s windows, with 2 s of grace
+
+
+def _scaled(events):
+    return [type(e)(*(e[:1] + (e[1] * SCALE,) + e[2:])) for e in events]
+
+
+def _learning_both_ways(messages, watermarks, stop_after, late=()):
+    """``late[i]``: an item given a view in message i at the last millisecond of the window the previous
+    watermark has passed the end of: in its grace, a window learnt ahead whose counts move before it closes."""
+    scaled = [_scaled(m) for m in messages]
+    for i, item in enumerate(late):
+        if item and 0 < i < len(scaled) and watermarks[i - 1] >= 10_000:
+            ts = watermarks[i - 1] - watermarks[i - 1] % 10_000 - 1
+            scaled[i] = scaled[i] + [ClickEvent(f"late{i}", ts, "u9", "s9", "view", item, "k1", 2.0, None)]
+    envelopes = _envelopes(scaled, watermarks)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    never, ahead = (_keeping_flushes(_worker(window_s=10, grace_s=2)) for _ in range(2))
+    slice_s = pipeline.LEARN_AHEAD_SLICE_S
+    pipeline.LEARN_AHEAD_SLICE_S = 0.0  # a slice learns one item's window at a time
+    try:
+        for i, (part, value) in enumerate(envelopes):
+            for worker in (never, ahead):
+                worker._apply_envelope(part, value)
+                loop.run_until_complete(worker._close_ready(0.0))
+            ahead._start_learning_ahead()
+            for _ in range(stop_after[i % len(stop_after)]):  # the task takes a few slices, or none
+                loop.run_until_complete(asyncio.sleep(0))
+        for worker in (never, ahead):
+            loop.run_until_complete(worker._score_queued())
+            loop.run_until_complete(worker._flush(at_once=True))
+            loop.run_until_complete(worker._delivered())
+    finally:
+        pipeline.LEARN_AHEAD_SLICE_S = slice_s
+        loop.close()
+    assert never.items_learnt_ahead == 0
+    assert ahead.flushes == never.flushes
+    assert ({k: orjson.dumps(s.to_state(), option=orjson.OPT_SORT_KEYS) for k, s in ahead.cache.items()} ==
+            {k: orjson.dumps(s.to_state(), option=orjson.OPT_SORT_KEYS) for k, s in never.cache.items()})
+    assert ahead.signals_topic.values == never.signals_topic.values
+    return ahead, never
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_events(), min_size=2, max_size=10), st.data())
+def test_learning_ahead_changes_no_signal_record_or_state(messages, data):
+    # Often within a grace period (a window's end passed, its close not yet), where learning ahead happens.
+    marks = st.one_of(st.integers(0, 36_000), st.sampled_from([10_000, 11_000, 20_000, 21_500, 30_000, 31_900]))
+    watermarks = sorted(data.draw(st.lists(marks, min_size=len(messages), max_size=len(messages))))
+    _learning_both_ways(messages, watermarks, data.draw(st.lists(st.integers(0, 4), min_size=1, max_size=5)),
+                        data.draw(st.lists(st.sampled_from([None, None, *ITEMS]), max_size=len(messages))))
+
+
+def test_a_window_learnt_ahead_is_taken_at_its_close():
+    """Items seen in two windows: the second is learnt ahead once its end has passed and taken when it
+    closes, unless its counts moved meanwhile; the same signals and states as without."""
+    def view(event_id, ts, item):
+        return ClickEvent(event_id, ts, "u1", "s1", "view", item, "k1", 2.0, None)
+
+    messages = [[view("e1", 100, "a"), view("e2", 200, "b")], [view("e3", 1_100, "a"), view("e4", 1_200, "b")],
+                [view("e5", 2_050, "a")], [view("e6", 2_150, "b")]]
+    taken = []
+    real = LearntAhead.holds
+    LearntAhead.holds = lambda self, st_, start, counts: taken.append(real(self, st_, start, counts)) or taken[-1]
+    try:
+        # watermarks (x10 ms): window 0 closes at 12 s; window 10 s ends at 20 s (learnt ahead), closes at 22.05 s
+        ahead, _ = _learning_both_ways(messages, [500, 15_000, 20_500, 22_100], [8])
+        assert ahead.items_learnt_ahead == 2 and taken == [True, True]
+        # a view of a in its window's grace, after it was learnt ahead: a's is refused, b's taken
+        taken.clear()
+        ahead, _ = _learning_both_ways(messages, [500, 15_000, 20_500, 22_100], [8], [None, None, None, "a"])
+        assert ahead.items_learnt_ahead == 2 and taken == [False, True]
+    finally:
+        LearntAhead.holds = real
+    assert ahead.metrics.windows_closed._value.get() >= 4
