@@ -83,7 +83,7 @@ async def replay(args) -> dict:
     signals = worker.signals_topic = CountedSignals()
 
     worker._deliver = no_delivery
-    tune_gc(s.gc_gen0)
+    tune_gc(s.gc_gen0, freezes_survivors=True)  # as the worker
 
     # Ingest: route each message's events; every ingest_max_records messages, one envelope per owner
     # partition (the last of a partition's envelopes carrying the report of where input stands).

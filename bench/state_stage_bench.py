@@ -52,7 +52,7 @@ def main() -> int:
     clicks = live_clicks(args.clicks)
     asyncio.set_event_loop(asyncio.new_event_loop())
     worker = Worker(s)  # its Faust app and tables are built, never started
-    tune_gc(s.gc_gen0)
+    tune_gc(s.gc_gen0, freezes_survivors=True)  # as the worker
     for day in range(args.days if args.close else 1):
         later = {} if day == 0 else None
         msgs = [orjson.dumps({k: v for k, v in e.items() if k != "kind"} if later is not None else

@@ -124,7 +124,7 @@ def cmd_worker(args) -> int:
 
     asyncio.run(ensure_topics(settings))
     worker = Worker(settings, scorer=_load_scorer(settings))
-    tune_gc(settings.gc_gen0)
+    tune_gc(settings.gc_gen0, freezes_survivors=True)
     fw = faust.Worker(worker.app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
     # At WARNING and above Faust keeps a terminal spinner that sets the root logger to DEBUG, so every
     # aiokafka debug line (one per produced record) is formatted for it: measured at 2-5% of the worker.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import time
 from collections import deque
@@ -58,7 +59,7 @@ from .ingest_process import IngestProcesses
 from .replica import TopicReplica
 from .metrics import Metrics
 from .offsets import read_range
-from .settings import Settings
+from .settings import GC_GEN1_BETWEEN_FREEZES, Settings
 
 log = logging.getLogger("launchpulse.worker")
 
@@ -181,6 +182,7 @@ class Worker:
         self._learnt_ahead_through = -(1 << 62)  # the newest window learn-ahead was started for
         self._learning_ahead: asyncio.Future | None = None
         self.items_learnt_ahead = 0
+        self.gc_freezes = 0
         self._changelog_names: dict[int, str] = {}  # id(table) -> its changelog topic's name
         self._partition = Partitioner(s.state_partitions)  # a changelog key's partition (the default partitioner)
         self._delivery: asyncio.Future | None = None  # the latest flush's delivery and acknowledgements
@@ -563,6 +565,19 @@ class Worker:
         else:
             self._write_with_ids(key, st, out)
 
+    def _freeze_survivors(self) -> None:
+        """Move every object the collector tracks now out of its reach (gc.freeze), after each flush
+        and each closing step, in a worker whose middle-generation collections are held off
+        (settings.tune_gc ``freezes_survivors``): the item states, users and models a live feed
+        keeps are millions of long-lived containers, and each of those collections traversed them
+        again, 0.4-0.7 s every few seconds at 20,000 clicks/s, freeing nothing; the signals waited.
+        A frozen object is still freed when its last reference goes (states hold no reference
+        cycles); only a cycle that turns to garbage after it was frozen stays (``gc_frozen`` on
+        /progress counts what is frozen)."""
+        if gc.get_threshold()[1] >= GC_GEN1_BETWEEN_FREEZES:
+            gc.freeze()
+            self.gc_freezes += 1
+
     async def _serialise_then_deliver(self, prev, records: list, meta_records: list, events: list,
                                       routed: list, rows_queued: int) -> None:
         """A flush's task: serialise its states in slices, then deliver them. The agent comes first: a
@@ -584,6 +599,7 @@ class Worker:
             raise
         finally:
             self._serialising = False  # else no flush would begin again to raise it
+        self._freeze_survivors()
         cost = self._flush_cost
         self.last_flush = time.monotonic()
         self._flush_gap_s = max(self.flush_interval_s, FLUSH_COST_FACTOR * cost)
@@ -1019,6 +1035,7 @@ class Worker:
             self._closing = False
         for pkey, doc in priors.items():  # replicated once per step, not once per window
             self._replica_write(pkey, doc)
+        self._freeze_survivors()
         if self.score_queue:  # the step's last rows, now rather than at the scorer's interval
             self.score_wakeup.set()
 
@@ -1538,6 +1555,8 @@ class Worker:
                              "envelopes_refetched": worker.envelopes_refetched,
                              # items that learnt a window into their trend models before it closed
                              "items_learnt_ahead": worker.items_learnt_ahead,
+                             # objects out of the collector's reach, and freezes so far (_freeze_survivors)
+                             "gc_frozen": gc.get_freeze_count(), "gc_freezes": worker.gc_freezes,
                              # the newest window closed (and decided) on this worker's partitions, by start
                              "windows_closed_through_ms": worker._closed_through if worker._closed_through >= 0 else None})
 
