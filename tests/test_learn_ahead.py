@@ -7,6 +7,7 @@ the other never; both must send the same signals, write the same records and end
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 from hypothesis import given, settings
@@ -25,9 +26,10 @@ def _scaled(events):
     return [type(e)(*(e[:1] + (e[1] * SCALE,) + e[2:])) for e in events]
 
 
-def _learning_both_ways(messages, watermarks, stop_after, late=()):
+def _learning_both_ways(messages, watermarks, stop_after, late=(), caught_up=(True,)):
     """``late[i]``: an item given a view in message i at the last millisecond of the window the previous
-    watermark has passed the end of: in its grace, a window learnt ahead whose counts move before it closes."""
+    watermark has passed the end of: in its grace, a window learnt ahead whose counts move before it closes.
+    ``caught_up[i]``: whether the agent is caught up with its input after envelope i (else the task waits)."""
     scaled = [_scaled(m) for m in messages]
     for i, item in enumerate(late):
         if item and 0 < i < len(scaled) and watermarks[i - 1] >= 10_000:
@@ -44,9 +46,14 @@ def _learning_both_ways(messages, watermarks, stop_after, late=()):
             for worker in (never, ahead):
                 worker._apply_envelope(part, value)
                 loop.run_until_complete(worker._close_ready(0.0))
+            # the envelope as just read by ingest, or long ago
+            ahead._consumed_at = time.time() if caught_up[i % len(caught_up)] else 0.0
             ahead._start_learning_ahead()
             for _ in range(stop_after[i % len(stop_after)]):  # the task takes a few slices, or none
                 loop.run_until_complete(asyncio.sleep(0))
+        if ahead._learning_ahead is not None and not ahead._learning_ahead.done():
+            ahead._learning_ahead.cancel()  # still waiting for the agent to catch up
+            loop.run_until_complete(asyncio.gather(ahead._learning_ahead, return_exceptions=True))
         for worker in (never, ahead):
             loop.run_until_complete(worker._score_queued())
             loop.run_until_complete(worker._flush(at_once=True))
@@ -69,7 +76,8 @@ def test_learning_ahead_changes_no_signal_record_or_state(messages, data):
     marks = st.one_of(st.integers(0, 36_000), st.sampled_from([10_000, 11_000, 20_000, 21_500, 30_000, 31_900]))
     watermarks = sorted(data.draw(st.lists(marks, min_size=len(messages), max_size=len(messages))))
     _learning_both_ways(messages, watermarks, data.draw(st.lists(st.integers(0, 4), min_size=1, max_size=5)),
-                        data.draw(st.lists(st.sampled_from([None, None, *ITEMS]), max_size=len(messages))))
+                        data.draw(st.lists(st.sampled_from([None, None, *ITEMS]), max_size=len(messages))),
+                        data.draw(st.lists(st.sampled_from([True, True, False]), min_size=1, max_size=5)))
 
 
 def test_a_window_learnt_ahead_is_taken_at_its_close():
@@ -91,6 +99,10 @@ def test_a_window_learnt_ahead_is_taken_at_its_close():
         taken.clear()
         ahead, _ = _learning_both_ways(messages, [500, 15_000, 20_500, 22_100], [8], [None, None, None, "a"])
         assert ahead.items_learnt_ahead == 2 and taken == [False, True]
+        # an agent behind its input: nothing is learnt ahead, the close learns it all
+        taken.clear()
+        ahead, _ = _learning_both_ways(messages, [500, 15_000, 20_500, 22_100], [8], caught_up=[False])
+        assert ahead.items_learnt_ahead == 0 and taken == []
     finally:
         LearntAhead.holds = real
     assert ahead.metrics.windows_closed._value.get() >= 4
