@@ -121,7 +121,7 @@ LEARN_AHEAD_SLICE_S = 0.01
 # the grace period to finish in (a live feed's boundary has about 17,000 items to learn, 0.9-1.2 s),
 # and what it has not learnt by the close, the close learns.
 LEARN_AHEAD_PAUSE_FACTOR = 1
-# ... and none while the agent is behind, its envelope read by ingest longer ago than this: learning
+# ... and none while the agent is behind, applying envelopes read by ingest longer ago than this: learning
 # ahead costs more than the close's learning it saves (the copies), so it only pays in spare time, and
 # taken from a busy agent it delayed the close instead (traced at 20,000 clicks/s).
 LEARN_AHEAD_BEHIND_S = 0.5
@@ -1114,14 +1114,16 @@ class Worker:
         generation = self._generation
         cfg, cache = self.cfg, self.cache
         i = 0
+        seen_applied = -1
         while i < len(keys):
             if (self._closing or generation != self._generation or self._closed_through >= ended
                     or self.app.should_stop):
                 return
-            if time.time() - self._consumed_at > LEARN_AHEAD_BEHIND_S:
+            applied = self.envelopes_processed
+            if applied != seen_applied and time.time() - self._consumed_at > LEARN_AHEAD_BEHIND_S:
+                seen_applied = applied  # (an agent with nothing more to apply is not behind)
                 await asyncio.sleep(LEARN_AHEAD_SLICE_S)
                 continue
-            applied = self.envelopes_processed
             t0 = time.perf_counter()
             end = t0 + LEARN_AHEAD_SLICE_S
             while i < len(keys):
