@@ -13,7 +13,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from launchpulse.models.itemstate import LearntAhead
+from launchpulse.models.itemstate import ItemState, LearntAhead
 from launchpulse.schemas import ClickEvent
 from launchpulse.stream import pipeline
 from test_click_blocks import ITEMS, _events, _worker
@@ -102,3 +102,17 @@ def test_a_window_learnt_ahead_is_taken_at_its_close():
     finally:
         LearntAhead.holds = real
     assert ahead.metrics.windows_closed._value.get() >= 4
+
+
+def test_a_failure_learning_ahead_says_so_and_the_close_learns(monkeypatch):
+    def view(event_id, ts, item):
+        return ClickEvent(event_id, ts, "u1", "s1", "view", item, "k1", 2.0, None)
+
+    def broken(self, cfg, window_start):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ItemState, "learn_ahead", broken)
+    messages = [[view("e1", 100, "a")], [view("e3", 1_100, "a")], [view("e5", 2_050, "a")]]
+    ahead, never = _learning_both_ways(messages, [500, 15_000, 20_500], [4])
+    assert ahead.state_error == "learning windows ahead failed: RuntimeError: boom" and not never.state_error
+    assert ahead.items_learnt_ahead == 0
