@@ -1090,7 +1090,8 @@ class Worker:
         """Once the closing watermark passes the end of a window (not yet its close: the grace period
         is still to run), its items learn it ahead (_learn_ahead)."""
         cfg = self.cfg
-        if not cfg.grace_ms or (self._learning_ahead is not None and not self._learning_ahead.done()):
+        if (not cfg.grace_ms or not self.s.learn_ahead_max_items
+                or (self._learning_ahead is not None and not self._learning_ahead.done())):
             return
         closing = self._closing_watermark()
         if closing is None:
@@ -1104,8 +1105,9 @@ class Worker:
             for w, ks in meta.pending.items():
                 if self._closed_through < w <= ended:
                     keys.update(dict.fromkeys(ks))
-        if keys:
-            self._learning_ahead = asyncio.ensure_future(self._learn_ahead_or_say_so(ended, list(keys)))
+        if keys:  # (bounded: the copies live until the close)
+            todo = list(keys)[: self.s.learn_ahead_max_items]
+            self._learning_ahead = asyncio.ensure_future(self._learn_ahead_or_say_so(ended, todo))
 
     async def _learn_ahead_or_say_so(self, ended: int, keys: list) -> None:
         try:

@@ -88,6 +88,9 @@ class Settings:
     # the garbage collector's young-generation threshold in the worker and its ingest children
     # (see tune_gc); 0: Python's own thresholds
     gc_gen0: int = 50_000
+    # items that learn a window ahead, in its grace period, at most (about 14 KB each until the window
+    # closes: their trend models copied); 0: none, the close learns every window (docs/design.md)
+    learn_ahead_max_items: int = 50_000
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -118,6 +121,7 @@ class Settings:
             pseudonym_key=key.encode() if key else b"",
             log_level=_env("LAUNCHPULSE_LOG_LEVEL", "INFO").upper(),
             gc_gen0=_env_int("LAUNCHPULSE_GC_GEN0", 50_000),
+            learn_ahead_max_items=_env_int("LAUNCHPULSE_LEARN_AHEAD_MAX_ITEMS", 50_000),
         )
         s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
         return s.validated()
@@ -139,6 +143,9 @@ class Settings:
                              "(0: ingest on the worker's own event loop)")
         if self.gc_gen0 < 0:
             raise SystemExit(f"launchpulse: LAUNCHPULSE_GC_GEN0={self.gc_gen0} must be >= 0 (0: Python's thresholds)")
+        if self.learn_ahead_max_items < 0:
+            raise SystemExit(f"launchpulse: LAUNCHPULSE_LEARN_AHEAD_MAX_ITEMS={self.learn_ahead_max_items} must be "
+                             ">= 0 (0: the close learns every window)")
         if not (0 < self.web_port < 65536):
             raise SystemExit(f"launchpulse: web port {self.web_port} is out of range")
         self._check_security()

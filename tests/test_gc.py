@@ -1,4 +1,5 @@
-"""The worker's garbage-collector settings (settings.tune_gc, Worker._freeze_survivors).
+"""The worker's memory settings: the garbage collector (settings.tune_gc, Worker._freeze_survivors), and
+how many items learn a window ahead.
 
 The worker freezes what survives its young collections after each flush and closing step, and its
 middle-generation collections (which traversed every long-lived item state again and found nothing)
@@ -55,3 +56,14 @@ def test_a_flush_freezes_what_survived_and_a_frozen_object_is_still_freed(gc_res
         assert gc.get_freeze_count() <= frozen - 1000
     finally:
         loop.close()
+
+
+def test_items_learning_ahead_is_a_bounded_setting(monkeypatch):
+    from launchpulse.stream.settings import Settings
+
+    assert Settings.from_env().learn_ahead_max_items == 50_000
+    monkeypatch.setenv("LAUNCHPULSE_LEARN_AHEAD_MAX_ITEMS", "0")
+    assert Settings.from_env().learn_ahead_max_items == 0
+    monkeypatch.setenv("LAUNCHPULSE_LEARN_AHEAD_MAX_ITEMS", "-1")
+    with pytest.raises(SystemExit, match="LAUNCHPULSE_LEARN_AHEAD_MAX_ITEMS"):
+        Settings.from_env()

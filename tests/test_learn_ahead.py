@@ -7,6 +7,7 @@ the other never; both must send the same signals, write the same records and end
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import orjson
@@ -26,7 +27,7 @@ def _scaled(events):
     return [type(e)(*(e[:1] + (e[1] * SCALE,) + e[2:])) for e in events]
 
 
-def _learning_both_ways(messages, watermarks, stop_after, late=(), caught_up=(True,)):
+def _learning_both_ways(messages, watermarks, stop_after, late=(), caught_up=(True,), max_items=None):
     """``late[i]``: an item given a view in message i at the last millisecond of the window the previous
     watermark has passed the end of: in its grace, a window learnt ahead whose counts move before it closes.
     ``caught_up[i]``: whether the agent is caught up with its input after envelope i (else the task waits)."""
@@ -39,6 +40,9 @@ def _learning_both_ways(messages, watermarks, stop_after, late=(), caught_up=(Tr
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     never, ahead = (_keeping_flushes(_worker(window_s=10, grace_s=2)) for _ in range(2))
+    never.s = dataclasses.replace(never.s, learn_ahead_max_items=0)
+    if max_items is not None:
+        ahead.s = dataclasses.replace(ahead.s, learn_ahead_max_items=max_items)
     slice_s = pipeline.LEARN_AHEAD_SLICE_S
     pipeline.LEARN_AHEAD_SLICE_S = 0.0  # a slice learns one item's window at a time
     try:
@@ -99,6 +103,13 @@ def test_a_window_learnt_ahead_is_taken_at_its_close():
         taken.clear()
         ahead, _ = _learning_both_ways(messages, [500, 15_000, 20_500, 22_100], [8], [None, None, None, "a"])
         assert ahead.items_learnt_ahead == 2 and taken == [False, True]
+        # at most one item learns ahead (LAUNCHPULSE_LEARN_AHEAD_MAX_ITEMS), or none
+        taken.clear()
+        ahead, _ = _learning_both_ways(messages, [500, 15_000, 20_500, 22_100], [8], max_items=1)
+        assert ahead.items_learnt_ahead == 1 and taken == [True]
+        taken.clear()
+        ahead, _ = _learning_both_ways(messages, [500, 15_000, 20_500, 22_100], [8], max_items=0)
+        assert ahead.items_learnt_ahead == 0 and taken == []
     finally:
         LearntAhead.holds = real
     assert ahead.metrics.windows_closed._value.get() >= 4
