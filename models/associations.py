@@ -957,10 +957,8 @@ def substitutes(item_assoc: ItemAssociations, global_counts: Mapping[str, int], 
     upper bound), ``lift`` (purchase lift on that upper bound), ``relation``
     ("substitute"), ``exact``; strongest first by max session lift, then co-view count.
     """
-    sess = _session_inputs(item_assoc, window, now_ms, view_counts, n_view_total, cart_counts, n_cart_total)
-    if not sess:
-        return []
-    rows = _substitute_rows(item_assoc, global_counts, n_total, sess, min_support_count, window, now_ms)
+    rows = substitutes_and_homogeneity(item_assoc, global_counts, n_total, view_counts, n_view_total, cart_counts,
+                                       n_cart_total, min_support_count, window, now_ms=now_ms)[0]
     return rows[:limit] if limit else rows
 
 
