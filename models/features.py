@@ -17,6 +17,7 @@ on another schema version is refused (``scorer.check_metadata``).
 from __future__ import annotations
 
 import math
+from math import log1p
 from typing import Callable, Mapping
 
 from .associations import bundle_candidates
@@ -27,6 +28,7 @@ from .windows import WindowConfig
 FEATURE_SCHEMA_VERSION = 2  # 2: log_expected_conversions, has_sessions
 HISTORY = 3  # previous closed windows summarised in the row
 RECENT_DEMAND_WINDOWS = 6  # with the closing window: a week of daily windows as a demand floor
+_UNITS = COUNTERS.index("units")
 
 # name -> meaning; order is the column order of the scorer's input
 FEATURES: dict[str, str] = {
@@ -57,7 +59,8 @@ FEATURE_NAMES = tuple(FEATURES)
 
 
 def _l(x) -> float:
-    return math.log1p(max(0.0, float(x))) if x is not None else 0.0
+    # log1p(max(0, x)), 0 for None (and NaN): the comparison first, a boundary calls it ~20 times an item
+    return log1p(x) if x is not None and x > 0 else 0.0
 
 
 def _slog(x) -> float:
@@ -82,10 +85,13 @@ def stock_remaining(cw: ClosedWindow) -> float | None:
 def feature_row(cw: ClosedWindow, cfg: WindowConfig) -> list[float]:
     c = cw.counts
     hist = cw.history[-HISTORY:]
-    prev_units = [h[COUNTERS.index("units")] for h in reversed(hist)] + [None] * HISTORY
+    n_hist = len(hist)
+    # The previous windows' units, newest first (None where there is no such window)
+    u1 = hist[-1][_UNITS] if n_hist > 0 else None
+    u2 = hist[-2][_UNITS] if n_hist > 1 else None
+    u3 = hist[-3][_UNITS] if n_hist > 2 else None
     interest = c["views"] + c["carts"]
-    prev_interest = [h[0] + h[1] for h in hist]
-    mean_prev = sum(prev_interest) / len(prev_interest) if prev_interest else 0.0
+    mean_prev = sum([h[0] + h[1] for h in hist]) / n_hist if n_hist else 0.0
     st = cw.state
     fc = cw.trend_forecast
     slope = cw.trend_slope
@@ -93,16 +99,15 @@ def feature_row(cw: ClosedWindow, cfg: WindowConfig) -> list[float]:
         # A cold-start forecast borrowed from the category (the worker's /trend serves it): the
         # scorer was trained on items' own trends only, so it sees "no forecast yet", as it did.
         fc = slope = None
-    rem = stock_remaining(cw)
-    age = age_windows(cw, cfg)
+    rem = cw.stock_remaining
     return [
         _l(c["views"]), _l(c["carts"]), _l(c["units"]), _l(c["orders"]),
-        _l(prev_units[0]), _l(prev_units[1]), _l(prev_units[2]),
-        len(hist) / HISTORY,
+        _l(u1), _l(u2), _l(u3),
+        n_hist / HISTORY,
         math.log((interest + 1) / (mean_prev + 1)),
         _l(fc[0]) if fc else 0.0, 1.0 if fc else 0.0,
         _slog(slope), 1.0 if cw.trend_burst else 0.0,
-        _l(age), 1.0 if st.status is not None else 0.0,
+        _l(age_windows(cw, cfg)), 1.0 if st.status is not None else 0.0,
         _l(st.price), _l(rem), 1.0 if rem is not None else 0.0,
         _l(cw.orders_through),
         _l(cw.expected_conversions), 1.0 if cw.sessions else 0.0,
@@ -119,16 +124,18 @@ def evidence(cw: ClosedWindow, cfg: WindowConfig, predicted_demand: list | None,
     ``item_orders`` and ``n_orders_total`` as of then too); by default its associations now.
     """
     c = cw.counts
-    hist = cw.history[-HISTORY:]
-    prev_interest = [h[0] + h[1] for h in hist]
+    prev_interest = tuple([h[0] + h[1] for h in cw.history])
+    prev_units = tuple([h[_UNITS] for h in cw.history])
+    last = prev_interest[-HISTORY:]
+    tb = cw.totals_before
     # Conversion since launch (all closed windows before this one), not just the last few,
     # which may already hold the surge being judged.
     prev_conv = None
-    if cw.totals_before:
-        pi = cw.totals_before["views"] + cw.totals_before["carts"]
-        prev_conv = cw.totals_before["units"] / pi if pi > 0 else None
-    recent = cw.history[-RECENT_DEMAND_WINDOWS:]
-    recent_units = [h[COUNTERS.index("units")] for h in recent] + [c["units"]]
+    if tb:
+        pi = tb["views"] + tb["carts"]
+        prev_conv = tb["units"] / pi if pi > 0 else None
+    units = c["units"]
+    recent_units = [*prev_units[-RECENT_DEMAND_WINDOWS:], units]
     bundles: tuple = ()
     st = cw.state
     a = st.assoc if assoc is None else assoc
@@ -139,14 +146,13 @@ def evidence(cw: ClosedWindow, cfg: WindowConfig, predicted_demand: list | None,
                         for r in rows if cw.item_id < r["item_id"])
     return Evidence(
         item_id=cw.item_id, category_id=st.category_id, window_start=cw.start_ms, window_end=cw.end_ms,
-        window_ms=cfg.size_ms, views=c["views"], carts=c["carts"], units=c["units"], orders=c["orders"],
-        prev_interest_mean=(sum(prev_interest) / len(prev_interest)) if prev_interest else None,
+        window_ms=cfg.size_ms, views=c["views"], carts=c["carts"], units=units, orders=c["orders"],
+        prev_interest_mean=(sum(last) / len(last)) if last else None,
         prev_conversion=prev_conv, age_windows=age_windows(cw, cfg), in_catalog=st.status is not None,
-        stock_remaining=stock_remaining(cw), predicted_demand=predicted_demand,
+        stock_remaining=cw.stock_remaining, predicted_demand=predicted_demand,
         demand_slope=cw.trend_slope, burst=cw.trend_burst, bundles=bundles,
         own_windows=cw.n_closed, recent_mean_units=sum(recent_units) / len(recent_units),
-        interest_before=(cw.totals_before["views"] + cw.totals_before["carts"]) if cw.totals_before else 0.0,
-        units_before=cw.totals_before["units"] if cw.totals_before else 0.0,
-        prev_interest=tuple(h[0] + h[1] for h in cw.history),
-        prev_units=tuple(h[COUNTERS.index("units")] for h in cw.history),
+        interest_before=(tb["views"] + tb["carts"]) if tb else 0.0,
+        units_before=tb["units"] if tb else 0.0,
+        prev_interest=prev_interest, prev_units=prev_units,
     )
