@@ -138,9 +138,12 @@ class SignalMemory:
         return cls(dict(d["last"]), dict(d["on"]))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Evidence:
-    """What the decisions see for one item's closed window (built by models.features)."""
+    """What the decisions see for one item's closed window (built by models.features).
+
+    Not frozen: a worker builds it as the window closes and sets ``predicted_demand`` once the
+    scorer has run on the batch (a copy per row cost more than the rest of the row's scoring)."""
 
     item_id: str
     category_id: str | None

@@ -8,7 +8,6 @@ touched item per envelope) -> scorer batches -> decisions -> ``launch-signals``.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import logging
 import time
@@ -1505,7 +1504,7 @@ class Worker:
         self.metrics.scorer_rows.observe(len(rows))
         sent = []
         for (enqueued, cw, _, ev, nb), pred in zip(batch, preds):
-            ev = dataclasses.replace(ev, predicted_demand=None if pred is None else [float(x) for x in pred])
+            ev.predicted_demand = None if pred is None else [float(x) for x in pred]
             key = cw.item_id.encode()
             raw = _store(self.memory).get(key)
             mem = SignalMemory.from_state(orjson.loads(raw) if raw else None)
