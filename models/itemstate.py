@@ -114,9 +114,14 @@ class LearntAhead:
     burst: bool
 
     def holds(self, st: "ItemState", start: int, counts) -> bool:
-        return (start == self.start and self.counts == tuple(counts) and st.trend is self.trend_was
-                and st.trend.n_seen == self.trend_n and len(st.series) == len(self.series_was)
-                and all(st.series.get(name) is m and m.n_seen == n for name, m, n in self.series_was))
+        series = st.series
+        if not (start == self.start and st.trend is self.trend_was and st.trend.n_seen == self.trend_n
+                and len(series) == len(self.series_was) and self.counts == tuple(counts)):
+            return False
+        for name, m, n in self.series_was:
+            if series.get(name) is not m or m.n_seen != n:
+                return False
+        return True
 
 
 def _learn_window(trend: TrendModel, series: dict, counts) -> tuple:
@@ -398,7 +403,9 @@ class ItemState:
                     n_sessions += k
             self.n_closed += 1
             self.closed_through = start
-            history = [list(windows.get(s, _ZERO)) for s in range(start - (cfg.keep_closed - 1) * size, start, size)
+            # The earlier windows' rows themselves, not copies: a closed window's counts never change
+            # (a record for it is refused as late), and readers only read them.
+            history = [windows.get(s, _ZERO) for s in range(start - (cfg.keep_closed - 1) * size, start, size)
                        if s >= first_window]
             out.append(ClosedWindow(self.item_id, start, start + size, dict(zip(COUNTERS, counts)), history, self,
                                     fc, slope, burst, dict(zip(COUNTERS, before)), self.n_closed,

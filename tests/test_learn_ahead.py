@@ -127,3 +127,50 @@ def test_a_failure_learning_ahead_says_so_and_the_close_learns(monkeypatch):
     ahead, never = _learning_both_ways(messages, [500, 15_000, 20_500], [4])
     assert ahead.state_error == "learning windows ahead failed: RuntimeError: boom" and not never.state_error
     assert ahead.items_learnt_ahead == 0
+
+
+def test_what_a_close_replaced_is_dropped_after_it_not_during_a_closing_step():
+    """The models a closing step swapped out (held by the LearntAhead it took) are kept by the worker
+    and freed after the step, in slices (Worker._release_retired), never while a step is under way."""
+    import weakref
+
+    class Model:  # stands for a LearntAhead and the models it holds
+        pass
+
+    worker = _worker(window_s=10, grace_s=2)
+    models = [Model() for _ in range(500)]
+    alive = [weakref.ref(m) for m in models]
+    worker._retired.extend(models)
+    del models
+    loop = asyncio.new_event_loop()
+    try:
+        worker._closing = True
+        task = loop.create_task(worker._release_retired())
+        loop.run_until_complete(asyncio.sleep(3 * pipeline.RELEASE_SLICE_S))
+        assert all(r() is not None for r in alive) and not task.done()
+        worker._closing = False
+        loop.run_until_complete(asyncio.wait_for(task, 5))
+        assert worker._retired == [] and all(r() is None for r in alive)
+    finally:
+        loop.close()
+
+
+def test_a_closing_step_keeps_the_models_it_replaced_for_later():
+    def view(event_id, ts, item):
+        return ClickEvent(event_id, ts, "u1", "s1", "view", item, "k1", 2.0, None)
+
+    kept = []
+    real = pipeline.Worker._release_retired
+
+    async def noting(self):
+        kept.extend(type(x).__name__ for x in self._retired)
+        await real(self)
+
+    pipeline.Worker._release_retired = noting
+    try:
+        messages = [[view("e1", 100, "a"), view("e2", 200, "b")], [view("e3", 1_100, "a"), view("e4", 1_200, "b")],
+                    [view("e5", 2_050, "a")], [view("e6", 2_150, "b")]]
+        ahead, never = _learning_both_ways(messages, [500, 15_000, 20_500, 22_100], [8])
+    finally:
+        pipeline.Worker._release_retired = real
+    assert kept == ["LearntAhead", "LearntAhead"] and ahead._retired == [] and never._retired == []
