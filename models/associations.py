@@ -319,6 +319,8 @@ class PartnerCounter:
         h = self._heavy
         if h is None:
             h = self._heavy = {p: None for p, n in c.items() if n >= HEAVY_COUNT}
+        if not h:
+            return {}  # (most items' co-view counters at a live boundary)
         return {p: c[p] for p in h if c[p] >= min_count}
 
     def counts_at_least(self, min_count: int) -> dict[str, int]:
@@ -682,12 +684,14 @@ class ItemAssociations:
     def count(self, kind: str = "buy", window="all", now_ms: int | None = None) -> int:
         """Baskets (``"buy"``) or sessions containing the item in ``window``."""
         i = _IDX[kind]
+        if window == "all" or window is None:  # (the usual reading: a decision per closed window)
+            return self._all.n[i]
         return sum(s.n[i] for s in self._slots(window, now_ms))
 
     def counter(self, kind: str = "buy", window="all", now_ms: int | None = None) -> PartnerCounter:
         """The partner counter for ``kind`` over ``window`` ("all", "recent" or last-n windows)."""
-        slots = self._slots(window, now_ms)
         i = _IDX[kind]
+        slots = [self._all] if window == "all" or window is None else self._slots(window, now_ms)
         if len(slots) == 1 and slots[0] is self._all:
             c = self._all.counters[i]
             return c if c is not None else PartnerCounter(self._cap(kind, False))
@@ -934,6 +938,8 @@ def _substitute_rows(item_assoc: ItemAssociations, global_counts: Mapping[str, i
 
 
 def _homogeneity_of(subs: list[dict], sess) -> float:
+    if not subs:
+        return 0.0
     total = sum(ctr.total for _k, ctr, _n, _c, _t in sess)
     if total <= 0:
         return 0.0
