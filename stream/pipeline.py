@@ -1248,6 +1248,7 @@ class Worker:
         view, with a cart, now (the substitute neighbourhood's totals)."""
         m, cfg = self.metrics, self.cfg
         n_total, n_views, n_carts = live_n
+        baskets, view_counts, cart_counts = _Memo(self.totals_view), _Memo(self.view_counts), _Memo(self.cart_counts)
         th = self.thresholds
         for cw in closed:
             if cw.forecast_abs_error is not None:
@@ -1266,8 +1267,8 @@ class Worker:
                 self.dirty_totals.add(cw.item_id)
             nb = None
             if ev.age_windows is not None and ev.age_windows <= th.new_item_windows and cw.state.assoc.n_view + cw.state.assoc.n_cart:
-                nb = neighbourhood_evidence(cw.state.assoc, self.totals_view, n_total, self.view_counts, n_views,
-                                            self.cart_counts, n_carts, th)
+                nb = neighbourhood_evidence(cw.state.assoc, baskets, n_total, view_counts, n_views, cart_counts,
+                                            n_carts, th)
             self.score_queue.append((consumed_at, cw, features.feature_row(cw, cfg), ev, nb))
             self._rows_queued += 1
         m.windows_closed.inc(len(closed))
@@ -1804,6 +1805,25 @@ def _raw_table(table, value: str = "raw"):
     return table
 
 
+class _Memo:
+    """A totals view read through a memo, for one batch of closed windows (_decide_closed): the totals
+    do not change within it, and a popular item is a partner of many of the batch's items (their
+    substitute neighbourhoods read it again and again, each time from its scattered state)."""
+
+    __slots__ = ("_view", "_memo")
+
+    def __init__(self, view):
+        self._view = view
+        self._memo: dict = {}
+
+    def get(self, key: str, default=None):
+        try:
+            v = self._memo[key]
+        except KeyError:
+            v = self._memo[key] = self._view.get(key)
+        return default if v is None else v
+
+
 class _TotalsView:
     """Baskets per item for the pure read path: the owner's own state for items this worker owns,
     the replicated totals (stream/replica.py) for the others.
@@ -1812,7 +1832,7 @@ class _TotalsView:
     keys this worker writes itself, so an owned item is always read from its state.
     """
 
-    __slots__ = ("_t", "_own", "_i")
+    __slots__ = ("_t", "_own", "_i", "_field")
 
     # Fields of a ``totals`` value: [baskets, primary orders, view sessions, cart sessions].
     FIELDS = {"n_item": 0, "n_view": 2, "n_cart": 3}
@@ -1821,12 +1841,12 @@ class _TotalsView:
         self._t = table
         self._own = own
         self._i = self.FIELDS[field]
+        self._field = field  # (the ItemAssociations property of the same name)
 
     def get(self, key: str, default=None):
         st = self._own.get(key)
         if type(st) is ItemState:
-            a = st.assoc
-            return (a.n_item, 0, a.n_view, a.n_cart)[self._i]
+            return getattr(st.assoc, self._field)
         v = self._t.get(key.encode())
         return default if v is None or len(v) <= self._i else v[self._i]
 

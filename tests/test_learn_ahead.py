@@ -174,3 +174,35 @@ def test_a_closing_step_keeps_the_models_it_replaced_for_later():
     finally:
         pipeline.Worker._release_retired = real
     assert kept == ["LearntAhead", "LearntAhead"] and ahead._retired == [] and never._retired == []
+
+
+def test_a_closing_batch_reads_the_totals_through_a_memo_that_answers_as_the_views_do():
+    """_decide_closed reads partners' totals through pipeline._Memo: the same answers as the views
+    (an owned item from its state, another from the replicated totals, a missing one the default),
+    each key read from its view once."""
+    worker = _worker(window_s=10, grace_s=2)
+    owned = ItemState("a")
+    owned.assoc.learn_session("view", ["b"], 0)
+    owned.assoc.learn_session("view", ["b"], 1)
+    owned.assoc.learn_session("cart", ["b"], 2)
+    owned.assoc.learn_basket(["b"], 3)
+    worker.cache["a"] = owned
+
+    class Replica(dict):
+        reads = 0
+
+        def get(self, key, default=None):
+            Replica.reads += 1
+            return super().get(key, default)
+
+    totals = Replica({b"b": [5, 1, 7, 3], b"old": [4]})  # "old": a value of an older, shorter format
+    for field, expected in (("n_item", {"a": 1, "b": 5, "old": 4}), ("n_view", {"a": 2, "b": 7}),
+                            ("n_cart", {"a": 1, "b": 3})):
+        view = pipeline._TotalsView(totals, worker.cache, field)
+        memo = pipeline._Memo(view)
+        for key in ("a", "b", "old", "none"):
+            assert memo.get(key, 0) == view.get(key, 0) == expected.get(key, 0)
+        Replica.reads = 0
+        assert [memo.get(k, -1) for k in ("b", "old", "none", "b")] == [expected["b"], expected.get("old", -1), -1,
+                                                                     expected["b"]]
+        assert Replica.reads == 0  # all read already
