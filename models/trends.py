@@ -55,6 +55,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from array import array
 
 import orjson
 
@@ -187,8 +188,13 @@ class TrendModel:
         self._ready = False
         self._offset = 0.0  # c in log(y + c)
         self._log_ok = False
-        # candidates: list of [kind, level, trend, seasonals(list), err]
-        self._cands: list[list] = []
+        # Candidates, as flat arrays of doubles rather than a list each: copying a model (learning ahead
+        # copies four an item at each live boundary) then copies a few arrays, not a few hundred float
+        # objects scattered in memory. Candidate i: its kind, _lte[3i:3i+3] = level, trend, discounted
+        # error, and _seas[i*m:(i+1)*m] its seasonals (m = season_length; none when 0).
+        self._kinds: tuple = ()
+        self._lte = array("d")
+        self._seas = array("d")
         # burst detector
         self._scale = 0.0
         self._n_resid = 0
@@ -252,7 +258,7 @@ class TrendModel:
             "ready": self._ready,
             "offset": self._offset,
             "log_ok": self._log_ok,
-            "cands": [[c[0], c[1], c[2], list(c[3]), c[4]] for c in self._cands],
+            "cands": self._cand_lists(),
             "scale": self._scale,
             "n_resid": self._n_resid,
             "gpos": self._gpos,
@@ -294,7 +300,7 @@ class TrendModel:
         m._ready = bool(d["ready"])
         m._offset = float(d["offset"])
         m._log_ok = bool(d["log_ok"])
-        m._cands = [[int(c[0]), float(c[1]), float(c[2]), [float(v) for v in c[3]], float(c[4])] for c in d["cands"]]
+        m._set_cands([[int(c[0]), float(c[1]), float(c[2]), [float(v) for v in c[3]], float(c[4])] for c in d["cands"]])
         m._scale = float(d["scale"])
         m._n_resid = int(d["n_resid"])
         m._gpos = float(d["gpos"])
@@ -325,12 +331,25 @@ class TrendModel:
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         new._buffer = list(self._buffer)
-        new._cands = [[c[0], c[1], c[2], c[3][:], c[4]] for c in self._cands]
+        new._lte = self._lte[:]  # (the kinds are a tuple, shared)
+        new._seas = self._seas[:]
         new._fcache = None if self._fcache is None else list(self._fcache)  # extended in place
         return new
 
     def to_json(self) -> str:
         return json.dumps(self.to_state(), separators=(",", ":"))
+
+    def _cand_lists(self) -> list[list]:
+        """The candidates as [kind, level, trend, seasonals, err] lists (their state form)."""
+        lte, seas, m = self._lte, self._seas, self.season_length
+        return [[k, lte[3 * i], lte[3 * i + 1], seas[i * m:(i + 1) * m].tolist(), lte[3 * i + 2]]
+                for i, k in enumerate(self._kinds)]
+
+    def _set_cands(self, cands: list) -> None:
+        """Set the candidates from [kind, level, trend, seasonals, err] lists."""
+        self._kinds = tuple(c[0] for c in cands)
+        self._lte = array("d", [v for c in cands for v in (c[1], c[2], c[4])])
+        self._seas = array("d", [v for c in cands for v in c[3]])
 
     # ----------------------------------------------------------- properties
     @property
@@ -354,9 +373,8 @@ class TrendModel:
         if not self._ready:
             return "untrained"
         best = self._ranked()[0]
-        c = self._cands[best]
         a, b, g, p = self.grid[best % len(self.grid)]
-        tr = "log" if c[0] == _LOG else "raw"
+        tr = "log" if self._kinds[best] == _LOG else "raw"
         seas = f",A{m}" if m else ""
         return f"ETS(A,Ad{seas})[{tr}] alpha={a} beta={b} gamma={g} phi={p} top{self.top_k}"
 
@@ -399,12 +417,13 @@ class TrendModel:
         if self._log_ok:
             self._offset = max(1e-3, 0.1 * _mean([abs(v) for v in buf]))
         kinds = [_RAW] + ([_LOG] if self._log_ok else [])
-        self._cands = []
+        cands = []
         for kind in kinds:
             z = [self._fwd(kind, v) for v in buf]
             l0, b0, s0 = self._init_components(z, m)
             for _ in self.grid:
-                self._cands.append([kind, l0, b0, list(s0), 0.0])
+                cands.append([kind, l0, b0, list(s0), 0.0])
+        self._set_cands(cands)
         self._ready = True
         self._t = 0
         # replay the initialisation window through the recursions (scores the
@@ -414,16 +433,16 @@ class TrendModel:
         self._buffer = []
 
     # -------------------------------------------------------------- internals
-    def _cand_forecast(self, c, gi, h):
-        """h-step forecast (h>=1) of candidate c in original units."""
+    def _cand_forecast(self, i, gi, h):
+        """h-step forecast (h>=1) of candidate i in original units."""
         _, _, _, phi = self.grid[gi]
-        kind, lev, tr, seas, _ = c
+        lev, tr = self._lte[3 * i], self._lte[3 * i + 1]
         damp = phi * (1.0 - phi**h) / (1.0 - phi) if phi != 1.0 else float(h)
         z = lev + damp * tr
         m = self.season_length
         if m:
-            z += seas[(self._t + h - 1) % m]
-        return self._inv(kind, z)
+            z += self._seas[i * m + (self._t + h - 1) % m]
+        return self._inv(self._kinds[i], z)
 
     def _update_cands(self, y: float, first: bool = False):
         # The hot path of the worker (once per item per closed window): transforms inlined.
@@ -436,10 +455,12 @@ class TrendModel:
         off = self._offset
         zlog = None
         exp, log = math.exp, math.log
-        for idx, c in enumerate(self._cands):
+        lte, seas = self._lte, self._seas
+        for idx, kind in enumerate(self._kinds):
             alpha, beta, gamma, phi = grid[idx % ng]
-            kind, lev, tr, seas, err = c
-            s = seas[j] if m else 0.0
+            b = 3 * idx
+            lev, tr, err = lte[b], lte[b + 1], lte[b + 2]
+            s = seas[idx * m + j] if m else 0.0
             zhat = lev + phi * tr + s
             if kind == _RAW:
                 yhat = zhat
@@ -449,17 +470,17 @@ class TrendModel:
                 if zlog is None:
                     zlog = log((y if y > 0.0 else 0.0) + off)
                 e = zlog - zhat
-            c[1] = lev + phi * tr + alpha * e
-            c[2] = phi * tr + beta * e
+            lte[b] = lev + phi * tr + alpha * e
+            lte[b + 1] = phi * tr + beta * e
             if m:
-                seas[j] = s + gamma * e
+                seas[idx * m + j] = s + gamma * e
             ae = abs(y - yhat)
-            c[4] = ae if first and err == 0.0 else lam * err + lam1 * ae
+            lte[b + 2] = ae if first and err == 0.0 else lam * err + lam1 * ae
         self._t += 1
         self._wcache = self._fcache = None
 
     def _ranked(self) -> list[int]:
-        errs = [c[4] for c in self._cands]
+        errs = self._lte[2::3].tolist()
         return sorted(range(len(errs)), key=errs.__getitem__)  # stable: ties keep candidate order
 
     def _weights(self) -> list[tuple[int, float]]:
@@ -467,7 +488,7 @@ class TrendModel:
         if w is None:
             # Computed after every learnt window (learn_one's one-step forecast): kept lean, with the
             # same arithmetic in the same order as the plain form (the benchmarks check the signals).
-            errs = [c[4] for c in self._cands]
+            errs = self._lte[2::3].tolist()
             ranked = sorted(range(len(errs)), key=errs.__getitem__)  # stable: ties keep candidate order
             del ranked[max(1, self.top_k):]
             top = [errs[i] for i in ranked]
@@ -484,7 +505,7 @@ class TrendModel:
             ws = self._weights()
             grid = self.grid
             ng = len(grid)
-            cands = self._cands
+            kinds, lte, seas = self._kinds, self._lte, self._seas
             m = self.season_length
             off = self._offset
             exp = math.exp
@@ -494,13 +515,13 @@ class TrendModel:
                 # _cand_forecast inlined (the hot path of learn_one): the same expression per candidate.
                 terms = []
                 for i, w in ws:
-                    kind, lev, tr, seas, _ = cands[i]
+                    lev, tr = lte[3 * i], lte[3 * i + 1]
                     phi = grid[i % ng][3]
                     damp = phi * (1.0 - phi**k) / (1.0 - phi) if phi != 1.0 else float(k)
                     z = lev + damp * tr
                     if m:
-                        z += seas[(self._t + k - 1) % m]
-                    terms.append(w * (z if kind == _RAW else exp(min(z, 700.0)) - off))
+                        z += seas[i * m + (self._t + k - 1) % m]
+                    terms.append(w * (z if kinds[i] == _RAW else exp(min(z, 700.0)) - off))
                 fc.append(sum(terms))
             self._fcache = fc
         return fc[:h]
@@ -562,7 +583,7 @@ class TrendModel:
         ng = len(self.grid)
         out = 0.0
         for i, w in self._weights():
-            kind, lev, tr, _, _ = self._cands[i]
+            kind, lev, tr = self._kinds[i], self._lte[3 * i], self._lte[3 * i + 1]
             phi = self.grid[i % ng][3]
             if kind == _RAW:
                 out += w * phi * tr
@@ -614,12 +635,14 @@ class TrendModel:
         m = self.season_length
         j = self._t % m if m else 0
         ng = len(self.grid)
-        for idx, c in enumerate(self._cands):
+        lte = self._lte
+        for idx, kind in enumerate(self._kinds):
             phi = self.grid[idx % ng][3]
-            kind, lev, tr, seas, _ = c
-            zhat = lev + phi * tr + (seas[j] if m else 0.0)
-            c[1] = lev + phi * tr + (self._fwd(kind, y) - zhat)
-            c[2] = phi * tr
+            b = 3 * idx
+            lev, tr = lte[b], lte[b + 1]
+            zhat = lev + phi * tr + (self._seas[idx * m + j] if m else 0.0)
+            lte[b] = lev + phi * tr + (self._fwd(kind, y) - zhat)
+            lte[b + 1] = phi * tr
         self._t += 1
         self._wcache = self._fcache = None
 
@@ -632,18 +655,20 @@ class TrendModel:
             return
         r = y / f1
         ng = len(self.grid)
-        for i, c in enumerate(self._cands):
-            if c[0] == _RAW:
-                c[1] *= r
-                c[2] *= r
-                c[3] = [v * r for v in c[3]]
+        lte, seas, m = self._lte, self._seas, self.season_length
+        for i, kind in enumerate(self._kinds):
+            if kind == _RAW:
+                lte[3 * i] *= r
+                lte[3 * i + 1] *= r
+                for k in range(i * m, (i + 1) * m):
+                    seas[k] = seas[k] * r
             else:
                 # keep multiplicative shape: shift the log level so the one-step
                 # forecast matches (offset is small relative to the level)
-                fi = self._cand_forecast(c, i % ng, 1)
+                fi = self._cand_forecast(i, i % ng, 1)
                 if fi + self._offset > 0 and fi * r + self._offset > 0:
-                    c[1] += math.log((fi * r + self._offset) / (fi + self._offset))
-            c[4] *= r
+                    lte[3 * i] += math.log((fi * r + self._offset) / (fi + self._offset))
+            lte[3 * i + 2] *= r
         self._scale *= r
         self._wcache = self._fcache = None
 
@@ -693,8 +718,9 @@ class TrendModel:
         ng = len(base.grid)
         # prior levels in original units (deseasonalised, via the raw candidates)
         levels = []
-        for p, _ in pairs:
-            lv = _mean([c[1] for c in p._cands if c[0] == _RAW])
+        prior_cands = [p._cand_lists() for p, _ in pairs]
+        for cands_p in prior_cands:
+            lv = _mean([c[1] for c in cands_p if c[0] == _RAW])
             levels.append(lv if lv > 0 else max(1e-9, abs(lv)))
         new_level = scale * sum(w * lv for (_, w), lv in zip(pairs, levels))
         new._log_ok = log_ok
@@ -705,8 +731,8 @@ class TrendModel:
             for gi in range(ng):
                 lev = tr = err = 0.0
                 seas = [0.0] * m
-                for (p, w), lv in zip(pairs, levels):
-                    c = p._cands[gi + (ng if kind == _LOG else 0)]
+                for (p, w), lv, cands_p in zip(pairs, levels, prior_cands):
+                    c = cands_p[gi + (ng if kind == _LOG else 0)]
                     rot = [c[3][(p._t + j) % m] for j in range(m)] if m else []
                     if kind == _RAW:
                         lev += w * new_level
@@ -720,7 +746,7 @@ class TrendModel:
                 if kind == _LOG:
                     lev += math.log(new_level + new._offset)
                 cands.append([kind, lev, tr, seas, err])
-        new._cands = cands
+        new._set_cands(cands)
         new._ready = True
         new._t = 0
         new._scale = sum(w * p._scale / lv for (p, w), lv in zip(pairs, levels)) * new_level
