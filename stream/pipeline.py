@@ -1042,11 +1042,12 @@ class Worker:
                 return
         finally:
             self._closing = False
+            if self._retired and (self._releasing is None or self._releasing.done()):
+                # (a step abandoned for a rebalance or a stop has replaced models too)
+                self._releasing = asyncio.ensure_future(self._release_retired())
         for pkey, doc in priors.items():  # replicated once per step, not once per window
             self._replica_write(pkey, doc)
         self._freeze_survivors()
-        if self._retired and (self._releasing is None or self._releasing.done()):
-            self._releasing = asyncio.ensure_future(self._release_retired())
         if self.score_queue:  # the step's last rows, now rather than at the scorer's interval
             self.score_wakeup.set()
 
