@@ -691,11 +691,10 @@ class ItemAssociations:
     def counter(self, kind: str = "buy", window="all", now_ms: int | None = None) -> PartnerCounter:
         """The partner counter for ``kind`` over ``window`` ("all", "recent" or last-n windows)."""
         i = _IDX[kind]
-        slots = [self._all] if window == "all" or window is None else self._slots(window, now_ms)
-        if len(slots) == 1 and slots[0] is self._all:
+        if window == "all" or window is None:
             c = self._all.counters[i]
             return c if c is not None else PartnerCounter(self._cap(kind, False))
-        cs = [s.counters[i] for s in slots if s.counters[i] is not None]
+        cs = [s.counters[i] for s in self._slots(window, now_ms) if s.counters[i] is not None]
         if not cs:
             return PartnerCounter(self._cap(kind, False))
         if len(cs) == 1:

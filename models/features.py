@@ -77,11 +77,6 @@ def age_windows(cw: ClosedWindow, cfg: WindowConfig) -> int | None:
     return max(0, (cw.start_ms - cfg.start_of(origin)) // cfg.size_ms)
 
 
-def stock_remaining(cw: ClosedWindow) -> float | None:
-    """Stock left at the end of the closed window (taken when it closed), None when unknown."""
-    return cw.stock_remaining
-
-
 def feature_row(cw: ClosedWindow, cfg: WindowConfig) -> list[float]:
     c = cw.counts
     hist = cw.history[-HISTORY:]
