@@ -717,11 +717,6 @@ class ItemAssociations:
 
     # -- state --------------------------------------------------------------
 
-    @property
-    def newest_window(self) -> int | None:
-        """The start of the newest window held, or None."""
-        return max(self._windows) if self._windows else None
-
     def window_states_json(self, through: int) -> dict[int, bytes]:
         """The counters of each window starting at or before ``through``, serialised (window start ->
         bytes; cached while the window is unchanged): what ``to_state(apart_through=through)`` leaves

@@ -514,23 +514,15 @@ class ItemState:
         parts = {"trend": self.trend.state_json()}
         for name, m in self.series.items():
             parts["series." + name] = m.state_json()
-        through = self._windows_apart_through()
-        if through is not None:
-            for w, b in self.assoc.window_states_json(through).items():
+        if self.closed_through is not None:  # closed windows' associations; the open ones change at every event
+            for w, b in self.assoc.window_states_json(self.closed_through).items():
                 parts["aw.%d" % w] = b
         return parts
 
-    def _windows_apart_through(self) -> int | None:
-        """The association windows kept apart: all but the newest, which takes most of the counts
-        (a session counts at its close time, ahead of its events: the windows before the newest
-        stop changing); None: none."""
-        newest = self.assoc.newest_window
-        return None if newest is None else newest - 1
-
     def to_json_apart(self, **extra) -> bytes:
-        """The state without its dedupe ids, session ids, trend models and association windows but the
-        newest (what :meth:`state_parts` and the ids' chunks hold), and the ``extra`` fields,
-        serialised: what a writer that keeps those apart stores. :meth:`join_parts` makes it whole again.
+        """The state without its dedupe ids, session ids, trend models and closed windows' associations
+        (what :meth:`state_parts` and the ids' chunks hold), and the ``extra`` fields, serialised: what
+        a writer that keeps those apart stores. :meth:`join_parts` makes it whole again.
 
         >>> st = ItemState("a"); _ = st.apply({"k": "c", "id": "e1", "t": 5, "i": "a", "e": "view", "n": 1}, WindowConfig(10, 0))
         >>> parts = st.state_parts(); sorted(parts)
@@ -578,7 +570,7 @@ class ItemState:
             "launched_at": self.launched_at, "first_seen": self.first_seen,
             "windows": windows, "closed_through": self.closed_through,
             "totals": self.totals, "closed_totals": self.closed_totals, "n_closed": self.n_closed, "idle_run": self.idle_run, "primary_orders": self.primary_orders,
-            "primary_windows": primary, "assoc": self.assoc.to_state(self._windows_apart_through() if apart else None),
+            "primary_windows": primary, "assoc": self.assoc.to_state(self.closed_through if apart else None),
             "trend": _model_state(self.trend, models_json),
             "series": {name: _model_state(m, models_json) for name, m in self.series.items()},
             "signal_memory": self.signal_memory,
