@@ -63,8 +63,6 @@ import heapq
 import math
 from typing import Iterable, Mapping, Sequence
 
-import orjson
-
 __all__ = [
     "STATE_VERSION",
     "DEFAULT_CAPACITY",
@@ -499,21 +497,11 @@ _IDX = {"buy": 0, "view": 1, "cart": 2}
 class _Slot:
     """Counters for one time span (all-time or one tumbling window)."""
 
-    __slots__ = ("n", "counters", "_json")
+    __slots__ = ("n", "counters")
 
     def __init__(self):
         self.n = [0, 0, 0]  # buy, view, cart (indexed by _IDX)
         self.counters: list[PartnerCounter | None] = [None, None, None]
-        self._json = None  # derived: to_state() serialised, until the slot counts again (state_json)
-
-    def state_json(self) -> bytes:
-        """:meth:`to_state` serialised (orjson), kept until :meth:`ItemAssociations._count` changes the
-        slot: a past window's counters stop changing, and a worker persists them apart
-        (models.stateparts) only when their bytes change."""
-        b = self._json
-        if b is None:
-            b = self._json = orjson.dumps(self.to_state())
-        return b
 
     def to_state(self) -> dict:
         return {
@@ -619,8 +607,6 @@ class ItemAssociations:
             self.last_ts_ms = int(ts_ms)
 
     def _count(self, slot: "_Slot", i: int, kind: str, windowed: bool, partners: Iterable[str]) -> None:
-        # The only place a slot changes once built (from_state builds, drop_windows_before drops).
-        slot._json = None
         slot.n[i] += 1
         c = slot.counters[i]
         if c is None:
@@ -717,24 +703,7 @@ class ItemAssociations:
 
     # -- state --------------------------------------------------------------
 
-    def window_states_json(self, through: int) -> dict[int, bytes]:
-        """The counters of each window starting at or before ``through``, serialised (window start ->
-        bytes; cached while the window is unchanged): what ``to_state(apart_through=through)`` leaves
-        out, for a writer that keeps past windows apart (they stop changing).
-
-        >>> a = ItemAssociations("milk", window_ms=10, owner_prunes=True)
-        >>> a.learn_basket(["bread"], ts_ms=5); a.learn_basket(["jam"], ts_ms=15)
-        >>> parts = a.window_states_json(0); list(parts), parts[0] is a.window_states_json(0)[0]
-        ([0], True)
-        >>> doc = a.to_state(apart_through=0); [w for w, _ in doc["windows"]]
-        [10]
-        >>> doc["windows"] += [[w, orjson.loads(b)] for w, b in parts.items()]
-        >>> ItemAssociations.from_state(doc).to_state() == a.to_state()
-        True
-        """
-        return {w: s.state_json() for w, s in sorted((self._windows or {}).items()) if w <= through}
-
-    def to_state(self, apart_through: int | None = None) -> dict:
+    def to_state(self) -> dict:
         return {
             "version": STATE_VERSION,
             "kind": "item_associations",
@@ -746,8 +715,7 @@ class ItemAssociations:
             "window_capacity": self.window_capacity,
             "last_ts_ms": self.last_ts_ms,
             "all": self._all.to_state(),
-            "windows": [[w, s.to_state()] for w, s in sorted((self._windows or {}).items())
-                        if apart_through is None or w > apart_through],
+            "windows": [[w, s.to_state()] for w, s in sorted((self._windows or {}).items())],
             "owner_prunes": self.owner_prunes,
         }
 

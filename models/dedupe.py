@@ -45,10 +45,9 @@ __all__ = ["CHUNKS_MAX", "chunk_key", "plan_ids_write", "read_ids"]
 CHUNKS_MAX = 32  # a key's chunks are compacted into one at this many
 
 
-def chunk_key(key: bytes, n: int, kind: bytes = b"ids") -> bytes:
-    """The record key of chunk ``n`` of ``key``'s ids (NUL never occurs in an item or category key);
-    ``kind``: which ids (``ids``: the records', ``sids``: an item's closed sessions')."""
-    return b"%s\x00%s\x00%d" % (key, kind, n)
+def chunk_key(key: bytes, n: int) -> bytes:
+    """The record key of chunk ``n`` of ``key``'s ids (NUL never occurs in an item or category key)."""
+    return b"%s\x00ids\x00%d" % (key, n)
 
 
 def plan_ids_write(seen: dict, persisted: int | None, rng: list | None,
@@ -69,11 +68,11 @@ def plan_ids_write(seen: dict, persisted: int | None, rng: list | None,
     return [rng[0], rng[1] + 1], [(rng[1], dict(islice(seen.items(), persisted, None)))], []
 
 
-def read_ids(get: Callable[[bytes], bytes | None], key: bytes, rng: list, kind: bytes = b"ids") -> dict | None:
+def read_ids(get: Callable[[bytes], bytes | None], key: bytes, rng: list) -> dict | None:
     """The ids held by chunks ``rng`` of ``key``, in write order, or None when one is missing."""
     out: dict = {}
     for n in range(rng[0], rng[1]):
-        raw = get(chunk_key(key, n, kind))
+        raw = get(chunk_key(key, n))
         if raw is None:
             return None
         out.update(orjson.loads(raw))

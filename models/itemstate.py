@@ -19,10 +19,9 @@ from .sessions import learn_session_record
 from .trends import TrendModel, model_state as _model_state
 from .windows import ACCEPTED, WindowConfig, admit
 
-STATE_VERSION = 9  # 4: expected conversions since the previous scored window; 5: primary orders per window;
+STATE_VERSION = 8  # 4: expected conversions since the previous scored window; 5: primary orders per window;
 #                    6: trends of the views, carts and revenue series; 7: closed sessions per window of their close;
-#                    8: the dedupe ids may be kept apart (to_state(ids=False), models.dedupe);
-#                    9: the models, association windows and session ids may be kept apart (to_json_apart)
+#                    8: the dedupe ids may be kept apart (to_state(ids=False), models.dedupe)
 
 RECORD_FIELDS = {
     "k": "kind: 'c' clickstream, 'o' order line, 'g' catalog (blocks of clicks in columns: 'I', 'U', 'C', see "
@@ -167,8 +166,6 @@ class ItemState:
     primary_orders: int = 0  # orders whose counting record (n=1) this item carried: they sum to N
     primary_windows: dict = field(default_factory=dict)  # window start -> primary orders in it (N per window)
     session_seen: dict = field(default_factory=dict)  # closed-session record id -> its time (dedupe, bounded)
-    # As ids_persisted, for session_seen (persisted apart by to_json_apart's writer). Kept by the writer, not state.
-    sids_persisted: int | None = field(default=None, repr=False, compare=False)
     expected_conversions: float = 0.0  # sum of the predicted purchase propensity of the sessions that touched it
     # The same sum, and the number of those sessions, per window of the session's close time (its last
     # event + the session gap), for the sessions not yet handed to a ClosedWindow: the next ClosedWindow
@@ -292,7 +289,6 @@ class ItemState:
         if len(seen) > SESSION_DEDUPE_KEEP + SESSION_DEDUPE_SLACK:
             for k in list(islice(seen, len(seen) - SESSION_DEDUPE_KEEP)):  # the oldest (insertion order)
                 del seen[k]
-            self.sids_persisted = None
         learn_session_record(self.assoc, rec)
         pp = rec.get("pp")
         if pp is not None:
@@ -507,57 +503,7 @@ class ItemState:
             d.update(extra)
         return orjson.dumps(d, option=orjson.OPT_NON_STR_KEYS)
 
-    def state_parts(self) -> dict[str, bytes]:
-        """The parts :meth:`to_json_apart` leaves out, serialised: name -> bytes, the same object while
-        the part is unchanged (a model's and an association window's JSON are cached until they learn).
-        A writer persists each apart and again only when it changed (models.stateparts)."""
-        parts = {"trend": self.trend.state_json()}
-        for name, m in self.series.items():
-            parts["series." + name] = m.state_json()
-        if self.closed_through is not None:  # closed windows' associations; the open ones change at every event
-            for w, b in self.assoc.window_states_json(self.closed_through).items():
-                parts["aw.%d" % w] = b
-        return parts
-
-    def to_json_apart(self, **extra) -> bytes:
-        """The state without its dedupe ids, session ids, trend models and closed windows' associations
-        (what :meth:`state_parts` and the ids' chunks hold), and the ``extra`` fields, serialised: what
-        a writer that keeps those apart stores. :meth:`join_parts` makes it whole again.
-
-        >>> st = ItemState("a"); _ = st.apply({"k": "c", "id": "e1", "t": 5, "i": "a", "e": "view", "n": 1}, WindowConfig(10, 0))
-        >>> parts = st.state_parts(); sorted(parts)
-        ['trend']
-        >>> doc = orjson.loads(st.to_json_apart(parts={"trend": 0}))
-        >>> "trend" in doc, "session_seen" in doc
-        (False, False)
-        >>> ItemState.from_state(ItemState.join_parts(doc, parts)).to_state(ids=False) == st.to_state(ids=False)
-        True
-        """
-        d = self._doc(False, True, False, apart=True)
-        d.update(extra)
-        return orjson.dumps(d, option=orjson.OPT_NON_STR_KEYS)
-
-    @staticmethod
-    def join_parts(doc: dict, parts: dict[str, bytes], session_seen: dict | None = None) -> dict:
-        """A state written by :meth:`to_json_apart`, whole again with its parts (name -> bytes) and
-        its session ids, for :meth:`from_state`."""
-        loads = orjson.loads
-        series, windows = {}, list(doc["assoc"]["windows"])
-        for name, raw in parts.items():
-            if name.startswith("series."):
-                series[name[7:]] = loads(raw)
-            elif name.startswith("aw."):
-                windows.append([int(name[3:]), loads(raw)])
-        windows.sort(key=lambda ws: ws[0])
-        d = {k: v for k, v in doc.items() if k != "parts"}
-        trend = parts.get("trend")  # (missing only if a part was lost: the model starts again)
-        d["trend"] = loads(trend) if trend is not None else TrendModel().to_state()
-        d["series"] = series
-        d["assoc"] = {**doc["assoc"], "windows": windows}
-        d["session_seen"] = session_seen or {}
-        return d
-
-    def _doc(self, ids: bool, models_json: bool, str_keys: bool, apart: bool = False) -> dict:
+    def _doc(self, ids: bool, models_json: bool, str_keys: bool) -> dict:
         windows, primary, sessions = self.windows, self.primary_windows, self.session_windows
         if str_keys:
             windows = {str(k): v for k, v in windows.items()}
@@ -570,7 +516,7 @@ class ItemState:
             "launched_at": self.launched_at, "first_seen": self.first_seen,
             "windows": windows, "closed_through": self.closed_through,
             "totals": self.totals, "closed_totals": self.closed_totals, "n_closed": self.n_closed, "idle_run": self.idle_run, "primary_orders": self.primary_orders,
-            "primary_windows": primary, "assoc": self.assoc.to_state(self.closed_through if apart else None),
+            "primary_windows": primary, "assoc": self.assoc.to_state(),
             "trend": _model_state(self.trend, models_json),
             "series": {name: _model_state(m, models_json) for name, m in self.series.items()},
             "signal_memory": self.signal_memory,
@@ -579,8 +525,6 @@ class ItemState:
         }
         if ids:
             d["seen"] = self.seen
-        if apart:
-            del d["trend"], d["series"], d["session_seen"]
         return d
 
     @classmethod
@@ -601,10 +545,8 @@ class ItemState:
             nxt = d["closed_through"] or 0  # at or before the next window to close: its row takes them
             d = {**d, "session_windows": ({str(nxt): [round(d["ec_since_close"] * 1_000_000), d["sessions_since_close"]]}
                                           if d["sessions_since_close"] else {})}
-        elif version not in (7, 8, STATE_VERSION):  # 7 -> 8 -> 9: nothing to convert (their parts are inline)
+        elif version not in (7, STATE_VERSION):  # 7 -> 8: nothing to convert (its ids are inline)
             raise ValueError(f"item state version {version!r} is not {STATE_VERSION}")
-        if "parts" in d:
-            raise ValueError("an item state written apart: join its parts first (ItemState.join_parts)")
         return cls(
             item_id=d["item_id"], category_id=d["category_id"], price=d["price"], stock=d["stock"],
             stock_ts=d["stock_ts"], units_since_stock=d["units_since_stock"], status=d["status"],

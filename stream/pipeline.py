@@ -23,7 +23,6 @@ from faust.types import TP
 from launchpulse.models import features
 from launchpulse.models.category import CategoryState, cadence_evidence, close_steps
 from launchpulse.models.dedupe import chunk_key, plan_ids_write, read_ids
-from launchpulse.models.stateparts import part_key, plan_parts_write, read_parts, written_from
 from launchpulse.models.decisions import (
     CADENCE_MODEL_VERSION,
     HOMOGENEITY_MODEL_VERSION,
@@ -153,12 +152,10 @@ class Worker:
         # Deserialised item states of the partitions this worker owns; the table holds the truth
         # (bytes, changelogged) and the cache is dropped at every rebalance.
         self.cache: dict[str, ItemState] = {}
-        # The dedupe ids of item and category states (and an item's session ids) go to chunk records of
-        # their own, a flush writing only the new ones (models.dedupe), and an item's models and
-        # association windows to part records rewritten only when they change (models.stateparts):
-        # what each cached state's stored form points at (_OnBroker), and the chunks and parts replaced
-        # since, deleted by the next flush (once the state pointing past them is delivered).
-        self._on_broker: dict[str, _OnBroker] = {}
+        # The dedupe ids of item and category states go to chunk records of their own, a flush writing
+        # only the new ones (models.dedupe): the chunks [first, next) each cached state points at, and
+        # the chunks replaced by a compaction, deleted by the next flush (once the state is delivered).
+        self._ids_range: dict[str, list] = {}
         self._ids_garbage: list[tuple[bytes, int]] = []
         self.metas: dict[int, PartitionMeta] = {}
         self.dirty_items: set[str] = set()
@@ -280,7 +277,7 @@ class Worker:
         # so unwritten state dropped here would be lost.
         await self._write_applied()
         self.cache.clear()
-        self._on_broker.clear()
+        self._ids_range.clear()
         self.metas.clear()
         self.category_priors.clear()
         self._applied_through.clear()
@@ -319,7 +316,7 @@ class Worker:
         self._serialise_some(None)  # a flush begun since the revocation wrote them: it needs the states
         # Partitions may have moved in: read their state from the (recovered) tables again.
         self.cache.clear()
-        self._on_broker.clear()
+        self._ids_range.clear()
         self.metas.clear()
         self.category_priors.clear()
         self._applied_through.clear()
@@ -502,10 +499,10 @@ class Worker:
             deleted = self.deleted
             for key in deleted:
                 kb = key.encode()
-                ob = self._on_broker.pop(key, None)
+                rng = self._ids_range.pop(key, None)
                 part = self._partition(key)
-                if ob is not None:
-                    self._ids_garbage.extend((k, part) for k in ob.record_keys(kb))
+                if rng is not None:
+                    self._ids_garbage.extend((chunk_key(kb, n), part) for n in range(*rng))
                 writes(self.items, kb, None, None, part, records)
                 cache.pop(key, None)
             for key in self.dirty_totals:
@@ -684,71 +681,31 @@ class Worker:
             (self.totals.topic, key, orjson.dumps(value), self._partition(key) if partition is None else partition))
 
     def _write_with_ids(self, key: str, st, out: list) -> None:
-        """Queue an item's or a category's state, its new dedupe ids in a chunk of their own first
-        (and an item's new session ids, and its models and association windows that changed, in
-        records of their own: ItemState.to_json_apart).
+        """Queue an item's or a category's state, its new dedupe ids in a chunk of their own first.
 
-        The chunks and parts go to the state's own changelog partition, before the state: a state on
-        the broker never points at a record that is not (a partition keeps its order). See
-        models.dedupe and models.stateparts.
+        The chunks go to the state's own changelog partition, before the state: a state on the broker
+        never points at a chunk that is not (a partition keeps its order). See models.dedupe.
         """
         kb = key.encode()
         part = self._partition(key)
-        ob = self._on_broker.get(key)
-        if ob is None:
-            ob = self._on_broker[key] = _OnBroker()
-        ob.ids = self._write_chunks(kb, part, st.seen, st.ids_persisted, ob.ids, b"ids", out)
+        rng, chunks, garbage = plan_ids_write(st.seen, st.ids_persisted, self._ids_range.get(key))
+        for n, ids in chunks:
+            self._table_writes(self.items, chunk_key(kb, n), None, orjson.dumps(ids), part, out)
+        if garbage:
+            self._ids_garbage.extend((chunk_key(kb, n), part) for n in garbage)
+        self._ids_range[key] = rng
         st.ids_persisted = len(st.seen)
-        if type(st) is not ItemState:
-            self._table_writes(self.items, kb, None, st.to_json(ids=ob.ids), part, out)
-            return
-        ob.sids = self._write_chunks(kb, part, st.session_seen, st.sids_persisted, ob.sids, b"sids", out)
-        st.sids_persisted = len(st.session_seen)
-        index, writes, garbage, ob.parts = plan_parts_write(st.state_parts(), ob.parts)
-        for name, gen, raw in writes:
-            self._table_writes(self.items, part_key(kb, name, gen), None, raw, part, out)
-        if garbage:
-            self._ids_garbage.extend((part_key(kb, name, gen), part) for name, gen in garbage)
-        self._table_writes(self.items, kb, None, st.to_json_apart(ids=ob.ids, sids=ob.sids, parts=index), part, out)
-
-    def _write_chunks(self, kb: bytes, part: int, ids: dict, persisted: int | None, rng: list | None,
-                      kind: bytes, out: list) -> list:
-        """Queue the chunks of ``ids`` not yet written (models.dedupe); the range the state now points at."""
-        rng, chunks, garbage = plan_ids_write(ids, persisted, rng)
-        for n, new in chunks:
-            self._table_writes(self.items, chunk_key(kb, n, kind), None, orjson.dumps(new), part, out)
-        if garbage:
-            self._ids_garbage.extend((chunk_key(kb, n, kind), part) for n in garbage)
-        return rng
+        self._table_writes(self.items, kb, None, st.to_json(ids=rng), part, out)
 
     def _with_ids(self, key: str, doc: dict) -> tuple[dict, bool]:
-        """A stored item or category state with its dedupe ids read back from their chunks (and an
-        item's session ids and parts, when it was written apart); and whether the dedupe ids all were
-        (an older state holds its ids inline)."""
-        kb = key.encode()
-        get = _store(self.items).get
-        ob = self._on_broker[key] = _OnBroker()
-        index = doc.get("parts")
-        if index is not None:
-            parts = read_parts(get, kb, index)
-            if parts is None:  # cannot happen in the order parts are written; say so rather than stop
-                parts = {n: raw for n, g in index.items() if (raw := get(part_key(kb, n, g))) is not None}
-                log.error("state parts of %s missing (%s): its models or association windows start again",
-                          key, ", ".join(sorted(set(index) - set(parts))))
-                index = {n: g for n, g in index.items() if n in parts}
-            ob.parts = written_from(index, parts)
-            sids = read_ids(get, kb, doc["sids"], b"sids")
-            if sids is None:
-                log.error("session ids of %s missing (chunks %s): sessions replayed after a crash would count "
-                          "twice", key, doc["sids"])
-            else:
-                ob.sids = doc["sids"]
-            doc = ItemState.join_parts(doc, parts, sids)
+        """A stored item or category state with its dedupe ids read back from their chunks; and whether
+        they all were (an older state holds its ids inline)."""
         rng = doc.get("ids")
         if rng is None:
             return doc, False
-        ob.ids = rng  # the next write compacts into a new chunk when the ids are incomplete
-        ids = read_ids(get, kb, rng)
+        kb = key.encode()
+        self._ids_range[key] = rng  # the next write compacts into a new chunk when the ids are incomplete
+        ids = read_ids(_store(self.items).get, kb, rng)
         if ids is None:  # cannot happen in the order chunks are written; say so rather than stop
             log.error("dedupe ids of %s missing (chunks %s): records of its open windows read again would "
                       "count twice", key, rng)
@@ -798,15 +755,13 @@ class Worker:
                                                 owner_prunes=True))
             if raw and complete:
                 st.ids_persisted = len(st.seen)
-                if type(st) is ItemState and self._on_broker[key].sids is not None:
-                    st.sids_persisted = len(st.session_seen)
         if len(self.cache) >= CACHE_MAX_ITEMS:
             # Evict clean entries only: dirty ones, and those the flush under way has yet to write, are written by a flush.
             unserialised = self._unserialised
             for k in [k for k in list(self.cache)[: CACHE_MAX_ITEMS // 5]
                       if k not in self.dirty_items and k not in unserialised]:
                 del self.cache[k]
-                self._on_broker.pop(k, None)
+                self._ids_range.pop(k, None)
         self.cache[key] = st
         return st
 
@@ -820,16 +775,8 @@ class Worker:
         raw = self.items.get(key.encode())
         if not raw:
             return None
-        doc = orjson.loads(raw)
-        if key.startswith(CATEGORY_KEY_PREFIX):
-            return CategoryState.from_state(doc)
-        index = doc.get("parts")
-        if index is not None:  # written apart: the views need its models and windows, not its ids
-            kb = key.encode()
-            get = self.items.get
-            doc = ItemState.join_parts(doc, {n: raw for n, g in index.items()
-                                             if (raw := get(part_key(kb, n, g))) is not None})
-        return ItemState.from_state(doc)
+        cls = CategoryState if key.startswith(CATEGORY_KEY_PREFIX) else ItemState
+        return cls.from_state(orjson.loads(raw))
 
     def _meta(self, partition: int) -> PartitionMeta:
         meta = self.metas.get(partition)
@@ -1733,28 +1680,6 @@ class Worker:
             return web.json({"item_id": item_id, "window_ms": worker.cfg.size_ms,
                              "windows": st.recent_windows(worker.cfg), **summarise(model),
                              "series": "units ordered per window" if series == "units" else f"{series} per window"})
-
-
-class _OnBroker:
-    """What a cached item's or category's state on the broker points at: its dedupe ids' chunks
-    ``[first, next)`` (models.dedupe), an item's session ids' chunks, and the generation and bytes of
-    each of its parts (models.stateparts). None: not known (written whole from scratch next)."""
-
-    __slots__ = ("ids", "sids", "parts")
-
-    def __init__(self):
-        self.ids: list | None = None
-        self.sids: list | None = None
-        self.parts: dict | None = None
-
-    def record_keys(self, kb: bytes):
-        """The keys of every chunk and part record the state points at (to delete with it)."""
-        if self.ids is not None:
-            yield from (chunk_key(kb, n) for n in range(*self.ids))
-        if self.sids is not None:
-            yield from (chunk_key(kb, n, b"sids") for n in range(*self.sids))
-        for name, (gen, _) in (self.parts or {}).items():
-            yield part_key(kb, name, gen)
 
 
 class _AsOf:

@@ -426,7 +426,7 @@ def test_expected_conversions_features_and_state_versions():
     assert st_.expected_conversions == 0.8125 and (st_.ec_since_close, st_.sessions_since_close) == (0.0, 0)
     st_.apply_session(session_rec("s3", 300, 0.125), CFG)  # its window has closed: the next row takes it
     d = st_.to_state()
-    assert d["version"] == 9 and d["session_windows"] == {"2000": [125_000, 1]}
+    assert d["version"] == 8 and d["session_windows"] == {"2000": [125_000, 1]}
     assert ItemState.from_state(orjson.loads(orjson.dumps(d))).to_state() == d
     # a version-6 state (sessions since the previous row, by arrival) hands them to the next row
     v6 = {k: v for k, v in d.items() if k != "session_windows"} | {"version": 6, "ec_since_close": 0.125,
