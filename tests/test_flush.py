@@ -197,3 +197,58 @@ def test_states_read_back_from_the_changelog_equal_the_states_written(messages, 
     finally:
         loop.close()
     assert written
+
+
+def test_a_flush_gives_way_near_a_window_boundary_for_a_bounded_time():
+    """The flush's slices wait while the window boundary is near (the closing watermark within
+    FLUSH_LEAD_S of its window's end, or the window's items learning it ahead), and go on when it has
+    passed, or once they have waited FLUSH_HOLD_MAX_S: a feed that stops short of a window's end must
+    not hold the flush's acknowledgements back."""
+    from launchpulse.models.windows import WindowConfig
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    lead, hold = pipeline.FLUSH_LEAD_S, pipeline.FLUSH_HOLD_MAX_S
+    pipeline.FLUSH_LEAD_S, pipeline.FLUSH_HOLD_MAX_S = 0.1, 0.3
+
+    def flush_begun(watermark: int):
+        worker = _keeping_flushes(_worker(window_s=10))
+        assert worker.cfg == WindowConfig(10_000, 0)
+        for part, value in _envelopes([_messages_for_flush()], [watermark]):
+            _apply(worker, part, value)
+        _now(worker._flush())  # its task has not run yet
+        assert worker._unserialised
+        return worker
+
+    def run_for(seconds: float) -> None:
+        loop.run_until_complete(asyncio.sleep(seconds))
+
+    try:
+        far = flush_begun(5_000)  # 5 s of event time before its window's end: no reason to wait
+        assert not far._boundary_near()
+        run_for(0.05)
+        assert not far._unserialised and len(far.flushes) == 1
+
+        near = flush_begun(9_950)  # 50 ms before its window's end: it waits, at most FLUSH_HOLD_MAX_S
+        assert near._boundary_near()
+        run_for(0.15)
+        assert near._unserialised and not near.flushes
+        run_for(0.3)
+        assert not near._unserialised and len(near.flushes) == 1
+
+        ahead = flush_begun(5_000)
+        ahead._learning_ahead = loop.create_future()  # the grace period: the window's items learnt ahead
+        assert ahead._boundary_near()
+        run_for(0.1)
+        assert ahead._unserialised and not ahead.flushes
+        ahead._learning_ahead.set_result(None)  # the close has come
+        run_for(0.05)
+        assert not ahead._unserialised and len(ahead.flushes) == 1
+    finally:
+        pipeline.FLUSH_LEAD_S, pipeline.FLUSH_HOLD_MAX_S = lead, hold
+        loop.close()
+
+
+def _messages_for_flush() -> list:
+    return [ClickEvent(f"e{i}", 1_000 + i, "u1", "s1", "view", item, "k1", 2.0, None)
+            for i, item in enumerate(["a", "b", "c"])]
