@@ -112,15 +112,6 @@ FLUSH_COST_FACTOR = 10
 # done in one go it held every window closing behind it (docs/design.md, the flush).
 FLUSH_SLICE_S = 0.01
 FLUSH_PAUSE_FACTOR = 2  # ... and while the agent is busy, at most a third of the worker's time
-# ... and none near a window boundary: from FLUSH_LEAD_S (of event time) before the closing watermark
-# reaches a window's end, through learning ahead in the grace period, to the window's close. A flush that
-# met a boundary (traced at 20,000 clicks/s) put the agent a second or two behind: the watermark reached
-# the window's end late, learning ahead gave way to the agent and learnt nothing, and the close, learning
-# every item itself, took twice as long. A flush has no deadline but memory and the replay after a
-# crash; it gives way for at most FLUSH_HOLD_MAX_S, so a feed that stops just short of a window's end
-# does not hold its acknowledgements back.
-FLUSH_LEAD_S = 1.0
-FLUSH_HOLD_MAX_S = 5.0
 # Between a window's end and its close (the grace period), the items of that window learn it into
 # copies of their trend models (ItemState.learn_ahead) in slices of about this long, so that the
 # close, which sets the signals' latency, only checks and swaps the models in.
@@ -552,18 +543,6 @@ class Worker:
         if prev is not None and not prev.done():
             await prev
 
-    def _boundary_near(self) -> bool:
-        """Whether a window boundary is near: the closing watermark within FLUSH_LEAD_S of the end of its
-        window, or its items learning it ahead (the grace period, up to the close)."""
-        ahead = self._learning_ahead
-        if ahead is not None and not ahead.done():
-            return True
-        closing = self._closing_watermark() if self._owned_parts is not None else None
-        if closing is None:
-            return False
-        cfg = self.cfg
-        return cfg.start_of(closing) + cfg.size_ms - closing <= FLUSH_LEAD_S * 1000
-
     def _serialise_some(self, budget_s: float | None) -> float:
         """Serialise states of the flush under way for about ``budget_s`` seconds (None: all of them);
         the seconds it took."""
@@ -615,15 +594,9 @@ class Worker:
         is followed by a pause of FLUSH_PAUSE_FACTOR times its length (a slice after each envelope left
         the agent a fifth of the worker, and it fell behind by seconds at every flush)."""
         try:
-            held = 0.0
             while self._unserialised:
                 if self._closing:
                     await asyncio.sleep(CLOSE_SLICE_S / 10)
-                    continue
-                if held < FLUSH_HOLD_MAX_S and self._boundary_near():
-                    t0 = time.monotonic()
-                    await asyncio.sleep(CLOSE_SLICE_S / 10)
-                    held += time.monotonic() - t0
                     continue
                 applied = self.envelopes_processed
                 spent = self._serialise_some(FLUSH_SLICE_S)
