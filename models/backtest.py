@@ -39,6 +39,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
+from launchpulse.schemas.records import SESSION_KEY_PREFIX
 from launchpulse.schemas.validate import Invalid, validate_event
 
 from . import features
@@ -686,7 +687,7 @@ def run_backtest(events: Iterable[dict], cfg: WindowConfig, scorer, thresholds: 
     positives = _positives(rec, oracle, th, outcome_rules)
     report: dict = {
         "events": n_events, "invalid_events": dict(invalid), "outcomes": dict(sim.outcomes),
-        "items": len([k for k in sim.states if not k.startswith("session:")]), "windows_closed": n_windows,
+        "items": len([k for k in sim.states if not k.startswith(SESSION_KEY_PREFIX)]), "windows_closed": n_windows,
         "window_ms": cfg.size_ms, "data_windows": (rec.windows_after(rec.first_window) + 1) if rec.first_window is not None else 0,
         "scorer": getattr(scorer, "version", type(scorer).__name__), "thresholds": asdict(th),
         "outcome_rules": asdict(outcome_rules),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 
 from launchpulse.schemas import CatalogEvent, ClickEvent, Event, OrderEvent
+from launchpulse.schemas.records import CATEGORY_KEY_PREFIX, SESSION_KEY_PREFIX, USER_KEY_PREFIX
 
 
 def murmur2(data: bytes) -> int:
@@ -134,7 +135,7 @@ def route_event(ev: Event) -> list[tuple[str, dict]]:
     """(routing key, record) pairs for one validated event; see itemstate.RECORD_FIELDS."""
     t = type(ev)
     if t is ClickEvent:
-        return [(ev.item_id if ev.item_id is not None else "session:" + ev.session_key, _click_record(ev))]
+        return [(ev.item_id if ev.item_id is not None else SESSION_KEY_PREFIX + ev.session_key, _click_record(ev))]
     if t is OrderEvent:
         qty: dict[str, int] = {}
         price: dict[str, float] = {}
@@ -159,9 +160,6 @@ def route_event(ev: Event) -> list[tuple[str, dict]]:
 # -- opt-in extra records for the session and category owners ---------------------------------------
 # route_event above is what the worker sends today; the lead adds these records when the session and
 # category states are wired. They carry n=0: the item-keyed records already count every input event once.
-
-USER_KEY_PREFIX = "user:"
-CATEGORY_KEY_PREFIX = "category:"
 
 #: Short keys of the extra records (besides those of itemstate.RECORD_FIELDS).
 EXTRA_RECORD_FIELDS = {

@@ -4,6 +4,7 @@ from importlib import resources as _resources
 from .records import (
     CATALOG_STATUSES,
     CLICK_TYPES,
+    RESERVED_ITEM_PREFIXES,
     SIGNAL_TYPES,
     CatalogEvent,
     ClickEvent,
@@ -29,6 +30,6 @@ def load_schema(name: str) -> dict:
 
 
 __all__ = [
-    "CATALOG_STATUSES", "CLICK_TYPES", "SIGNAL_TYPES", "CatalogEvent", "ClickEvent", "Event",
+    "CATALOG_STATUSES", "CLICK_TYPES", "RESERVED_ITEM_PREFIXES", "SIGNAL_TYPES", "CatalogEvent", "ClickEvent", "Event",
     "OrderEvent", "OrderLine", "SCHEMA_FILES", "load_schema",
 ]

@@ -13,6 +13,13 @@ from typing import NamedTuple
 
 CLICK_TYPES = ("view", "search", "add_to_cart", "remove_from_cart", "wishlist", "review")
 CATALOG_STATUSES = ("planned", "live", "retired")
+# The pipeline's own state keys beside item ids (an item id is its item's key): users' and categories'
+# states, sessionless searches, and bookkeeping. An item id may not begin like one (validate refuses it).
+USER_KEY_PREFIX = "user:"
+CATEGORY_KEY_PREFIX = "category:"
+SESSION_KEY_PREFIX = "session:"
+BOOKKEEPING_KEY_PREFIX = "#"
+RESERVED_ITEM_PREFIXES = (USER_KEY_PREFIX, CATEGORY_KEY_PREFIX, SESSION_KEY_PREFIX, BOOKKEEPING_KEY_PREFIX)
 SIGNAL_TYPES = (
     "boost_exposure",
     "restock_risk",

@@ -17,7 +17,16 @@ from typing import Callable, NamedTuple
 
 import orjson
 
-from .records import CATALOG_STATUSES, CLICK_TYPES, CatalogEvent, ClickEvent, Event, OrderEvent, OrderLine
+from .records import (
+    CATALOG_STATUSES,
+    CLICK_TYPES,
+    RESERVED_ITEM_PREFIXES,
+    CatalogEvent,
+    ClickEvent,
+    Event,
+    OrderEvent,
+    OrderLine,
+)
 
 MAX_MESSAGE_BYTES = 512 * 1024  # a whole Kafka message; larger ones are refused unread
 MAX_EVENTS_PER_MESSAGE = 10_000
@@ -124,10 +133,8 @@ def _has_control(s: str) -> bool:
     return False
 
 
-# An item id is the item's key in the worker's state and replica tables, beside the pipeline's own
-# keys: users' and categories' states ("user:", "category:"), sessionless searches ("session:") and
-# its bookkeeping ("#..."). An item id beginning like one would be read as that other kind of state.
-RESERVED_ITEM_PREFIXES = ("user:", "category:", "session:", "#")
+# An item id is the item's key in the worker's state and replica tables, beside the pipeline's own keys
+# (records.RESERVED_ITEM_PREFIXES): an item id beginning like one would be read as that other kind of state.
 
 
 def _item_ident(obj: dict, field: str = "item_id", required: bool = True) -> str | None:
