@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator
 
+from launchpulse.schemas.records import SESSION_KEY_PREFIX
+
 from .itemstate import ACCEPTED, ClosedWindow, ItemState, dormancy_check_window
 from .propensity import PropensityModel, ProgressiveScore
 from .routing import route_event, route_session_records
@@ -65,7 +67,7 @@ class Simulator:
             return outcome
         for key, rec in route_event(event):
             o = self.state(key).apply(rec, self.cfg)
-            if o == ACCEPTED and not key.startswith("session:"):
+            if o == ACCEPTED and not key.startswith(SESSION_KEY_PREFIX):
                 start = self.cfg.start_of(rec["t"])
                 self.pending.setdefault(start, set()).add(key)
                 self.pending.setdefault(dormancy_check_window(start, self.cfg), set()).add(key)

@@ -1103,10 +1103,11 @@ class Worker:
 
     def _close_order(self, keys) -> list[str]:
         """The order a step closes a window's items in: the items bought most often first (one not in
-        memory counts as never bought), then by key. Most signals come from them (bundles above all, then restocking and boosts), and a step's
-        signals go out as its batches are scored: a live boundary's close takes a second or more. A
-        window's decisions do not depend on the order (each reads as of the window's end, whatever
-        its partners' owners have closed: see _close_ready), only when its signals go out does."""
+        memory counts as never bought), then by key. Most signals come from them (bundles above all,
+        then restocking and boosts), and a step's signals go out as its batches are scored: a live
+        boundary's close takes a second or more. A window's decisions do not depend on the order (each
+        reads as of the window's end, whatever its partners' owners have closed: see _close_ready),
+        only when its signals go out does."""
         cache = self.cache
 
         def busiest_first(key: str):
